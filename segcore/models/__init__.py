@@ -1,0 +1,134 @@
+"""Model builders, a name registry, and saving/loading with the config beside the weights."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+
+from .encoder_decoder import BACKBONES, build_encoder_decoder
+from .unet import build_unet
+
+__all__ = [
+    "build_unet",
+    "build_encoder_decoder",
+    "BACKBONES",
+    "MODEL_REGISTRY",
+    "get_model",
+    "ModelConfig",
+    "save_model",
+    "load_model",
+]
+
+MODEL_REGISTRY: dict[str, Callable[..., keras.Model]] = {
+    "unet": build_unet,
+    "unet_wide": lambda **kw: build_unet(**{"base_filters": 64, **kw}),
+    "unet_deep": lambda **kw: build_unet(**{"depth": 5, **kw}),
+    "encoder_decoder": build_encoder_decoder,
+}
+
+
+def get_model(name: str, **kwargs: Any) -> keras.Model:
+    """Build a registered model by name.
+
+    Raises
+    ------
+    ValueError
+        Unknown name; the message lists the valid names.
+    """
+    if name not in MODEL_REGISTRY:
+        raise ValueError(f"Unknown model '{name}'. Valid names: {sorted(MODEL_REGISTRY)}.")
+    return MODEL_REGISTRY[name](**kwargs)
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """What travels with the weights: enough to preprocess, predict and display.
+
+    ``normalisation`` is ``{"type": "relative_window", "percentile": 75,
+    "width": 400}`` (default: a soft-tissue-wide window centred on the image's
+    75th percentile, invariant to offsets such as HU+1024 in PNGs),
+    ``{"type": "percentile", "low": 0.5, "high": 99.5}`` or
+    ``{"type": "window", "center": c, "width": w}``.
+    """
+
+    architecture: str = "unet"
+    num_classes: int = 3
+    class_names: tuple[str, ...] = ("background", "organ", "lesion")
+    input_size: tuple[int, int] = (256, 256)
+    channels: int = 1
+    normalisation: dict = dataclasses.field(
+        default_factory=lambda: {"type": "relative_window", "percentile": 75.0, "offset": 0.0, "width": 400.0})
+    window: tuple[float, float] = (40.0, 400.0)
+    builder_kwargs: dict = dataclasses.field(default_factory=dict)
+    version: str = "v1"
+    parent_version: str | None = None
+    metrics: dict = dataclasses.field(default_factory=dict)
+    trained_on: list = dataclasses.field(default_factory=list)
+    created_at: str = ""
+
+    def __post_init__(self) -> None:
+        self.class_names = tuple(self.class_names)
+        self.input_size = tuple(int(s) for s in self.input_size)  # type: ignore[assignment]
+        self.window = tuple(float(v) for v in self.window)  # type: ignore[assignment]
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(
+                f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}."
+            )
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def save_model(model: keras.Model, config: ModelConfig, directory: str | Path) -> Path:
+    """Write ``model.keras`` and ``config.json`` into ``directory`` atomically.
+
+    The files are written to a temporary sibling folder which is then renamed,
+    so a crash never leaves a half-written model where a good one was.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp", dir=directory.parent))
+    try:
+        model.save(tmp / "model.keras")
+        (tmp / "config.json").write_text(config.to_json())
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_model(directory: str | Path, *, compile: bool = False) -> tuple[keras.Model, ModelConfig]:
+    """Load a model saved by :func:`save_model` (``safe_mode=True``)."""
+    from .. import losses  # noqa: F401  - registers custom objects
+
+    directory = Path(directory)
+    path = directory / "model.keras"
+    cfg_path = directory / "config.json"
+    if not path.is_file() or not cfg_path.is_file():
+        raise FileNotFoundError(
+            f"No model in '{directory}': expected model.keras and config.json written by segcore.save_model."
+        )
+    config = ModelConfig.from_dict(json.loads(cfg_path.read_text()))
+    model = keras.saving.load_model(path, compile=compile, safe_mode=True)
+    return model, config

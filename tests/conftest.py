@@ -1,0 +1,28 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def pydicom_files() -> Path:
+    import pydicom
+
+    return Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+@pytest.fixture(scope="session")
+def nibabel_files() -> Path:
+    import nibabel
+
+    return Path(nibabel.__file__).parent / "tests" / "data"
