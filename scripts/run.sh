@@ -11,4 +11,4 @@ fi
 .venv/bin/python -m pip install -q -r requirements.txt
 export TF_CPP_MIN_LOG_LEVEL=2
 exec .venv/bin/python -m streamlit run app.py --server.port "${PORT:-8501}" --server.headless true \
-  --browser.gatherUsageStats false "$@"
+  --browser.gatherUsageStats false --server.fileWatcherType none "$@"

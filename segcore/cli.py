@@ -53,12 +53,21 @@ def _cmd_train(args) -> int:
         kwargs = dict(config.builder_kwargs)
         shape = (None, None, 1) if args.model.startswith("unet") else (args.size, args.size, 1)
         model = get_model(args.model, input_shape=shape, num_classes=config.num_classes, **kwargs)
-    loss = get_loss(args.loss) if args.loss != "weighted_ce" else None
-    if args.loss == "weighted_ce":
-        from .data import load_mask
-        from .losses import WeightedCrossEntropy, class_weights_from_masks
+        if args.init:
+            import keras as _k
 
-        loss = WeightedCrossEntropy(class_weights_from_masks([load_mask(p) for p in tr_m], config.num_classes))
+            init = _k.saving.load_model(args.init, compile=False, safe_mode=True)
+            model.set_weights(init.get_weights())
+            print(f"initialised from {args.init}", flush=True)
+    weights = None
+    if args.loss in ("weighted_ce", "wce_batch_dice"):
+        from .data import load_mask
+        from .losses import class_weights_from_masks
+
+        # square-rooted inverse frequency: the rare lesion class is boosted without swamping the rest
+        inv = np.asarray(class_weights_from_masks([load_mask(p) for p in tr_m], config.num_classes))
+        weights = [float(v) for v in np.sqrt(inv) / np.sqrt(inv).mean()]
+    loss = get_loss(args.loss, class_weights=weights)
     t0 = time.perf_counter()
 
     def progress(rec):
@@ -168,11 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--crop", type=int, default=128, help="train on random crops of this size (0: whole images)")
     p.add_argument("--steps-per-epoch", type=int, default=30)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--loss", default="ce_dice", help="ce, weighted_ce, dice, jaccard, ce_dice, learned_ce_dice")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--loss", default="wce_batch_dice",
+                   help="ce, weighted_ce, dice, jaccard, ce_dice, wce_batch_dice, learned_ce_dice")
     p.add_argument("--custom-loop", action="store_true", help="use the GradientTape loop instead of model.fit")
     p.add_argument("--devices", type=int, default=None, help="replicas for MirroredStrategy")
     p.add_argument("--version", default="v1")
+    p.add_argument("--init", default=None, help="start from the weights of this .keras file (continue training)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--logs", action="store_true", help="write CSV/JSON logs and best checkpoint under OUT/logs")
     p.set_defaults(func=_cmd_train)

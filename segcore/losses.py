@@ -126,11 +126,15 @@ def class_weights_from_masks(masks, num_classes: int, *, normalise: bool = True)
     return [float(v) for v in w]
 
 
-def _soft_overlap(y_true, y_pred, include_background):
+def _soft_overlap(y_true, y_pred, include_background, batch=False):
     k = y_pred.shape[-1]
     oh = ops.cast(_one_hot(y_true, k), y_pred.dtype)
     inter = ops.sum(oh * y_pred, axis=(1, 2))
     sums = ops.sum(oh, axis=(1, 2)) + ops.sum(y_pred, axis=(1, 2))
+    if batch:  # pool the counts over the batch: rare classes absent from an image don't dominate
+        ones = ops.ones_like(inter[:, :1])
+        inter = ones * ops.sum(inter, axis=0, keepdims=True)
+        sums = ones * ops.sum(sums, axis=0, keepdims=True)
     if not include_background:
         inter, sums = inter[:, 1:], sums[:, 1:]
     return inter, sums
@@ -146,33 +150,40 @@ class DiceLoss(keras.losses.Loss):
         Added to numerator and denominator; an empty class predicted empty scores 1.
     include_background : bool
         Whether class 0 takes part in the mean.
+    batch : bool
+        Pool intersections and sums over the whole batch ("batch Dice"); every
+        image then carries the same value.
     """
 
-    def __init__(self, smooth: float = 1.0, include_background: bool = True, name: str = "dice_loss", **kwargs):
+    def __init__(self, smooth: float = 1.0, include_background: bool = True, batch: bool = False,
+                 name: str = "dice_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         if smooth < 0:
             raise ValueError(f"smooth must be >= 0. Got {smooth}.")
         self.smooth = float(smooth)
         self.include_background = bool(include_background)
+        self.batch = bool(batch)
 
     def call(self, y_true, y_pred):
-        inter, sums = _soft_overlap(y_true, y_pred, self.include_background)
+        inter, sums = _soft_overlap(y_true, y_pred, self.include_background, self.batch)
         dice = (2.0 * inter + self.smooth) / (sums + self.smooth + _EPS)
         return 1.0 - ops.mean(dice, axis=-1)
 
     def get_config(self):
-        return {**super().get_config(), "smooth": self.smooth, "include_background": self.include_background}
+        return {**super().get_config(), "smooth": self.smooth, "include_background": self.include_background,
+                "batch": self.batch}
 
 
 @keras.saving.register_keras_serializable(package="segcore")
 class JaccardLoss(DiceLoss):
     """Soft Jaccard/IoU loss ``1 - mean_c (I_c + s) / (|P_c| + |G_c| - I_c + s)``."""
 
-    def __init__(self, smooth: float = 1.0, include_background: bool = True, name: str = "jaccard_loss", **kwargs):
-        super().__init__(smooth=smooth, include_background=include_background, name=name, **kwargs)
+    def __init__(self, smooth: float = 1.0, include_background: bool = True, batch: bool = False,
+                 name: str = "jaccard_loss", **kwargs):
+        super().__init__(smooth=smooth, include_background=include_background, batch=batch, name=name, **kwargs)
 
     def call(self, y_true, y_pred):
-        inter, sums = _soft_overlap(y_true, y_pred, self.include_background)
+        inter, sums = _soft_overlap(y_true, y_pred, self.include_background, self.batch)
         iou = (inter + self.smooth) / (sums - inter + self.smooth + _EPS)
         return 1.0 - ops.mean(iou, axis=-1)
 
@@ -239,8 +250,12 @@ class UncertaintyWeightedLoss(CombinedLoss):
 
 
 def get_loss(name: str, *, class_weights: Sequence[float] | None = None) -> keras.losses.Loss:
-    """Loss by name: "ce", "weighted_ce", "dice", "jaccard", "ce_dice", "learned_ce_dice"."""
-    names = ("ce", "weighted_ce", "dice", "jaccard", "ce_dice", "learned_ce_dice")
+    """Loss by name: "ce", "weighted_ce", "dice", "jaccard", "ce_dice", "wce_batch_dice", "learned_ce_dice"."""
+    names = ("ce", "weighted_ce", "dice", "jaccard", "ce_dice", "wce_batch_dice", "learned_ce_dice")
+    if name == "wce_batch_dice":
+        if class_weights is None:
+            raise ValueError("wce_batch_dice needs class_weights (see class_weights_from_masks).")
+        return CombinedLoss([WeightedCrossEntropy(class_weights), DiceLoss(include_background=False, batch=True)])
     if name == "ce":
         return CrossEntropy()
     if name == "weighted_ce":

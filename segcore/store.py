@@ -24,7 +24,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-__all__ = ["Workspace", "Correction", "atomic_write", "default_data_dir"]
+__all__ = ["Workspace", "Correction", "atomic_write", "default_data_dir", "PROMOTION_TOLERANCE"]
+
+PROMOTION_TOLERANCE = 0.005  # mean Dice a candidate may lose on the held-out set and still be promoted
 
 
 def default_data_dir() -> Path:
@@ -224,11 +226,15 @@ class Workspace:
         reg.setdefault("history", []).append({"active": version, "at": _now()})
         self._write_registry(reg)
 
-    def promote(self, version: str, *, baseline: float, candidate: float, tolerance: float = 0.0) -> None:
-        """Activate ``version`` only if its held-out score does not regress below the active one's."""
+    def promote(self, version: str, *, baseline: float, candidate: float, tolerance: float = PROMOTION_TOLERANCE) -> None:
+        """Activate ``version`` only if its held-out score does not regress below the active one's.
+
+        ``tolerance`` (mean Dice) absorbs evaluation noise: a candidate more than
+        this far below the baseline is refused.
+        """
         if candidate + tolerance < baseline:
             raise ValueError(
-                f"Refusing to promote {version}: held-out mean Dice {candidate:.4f} is below the active "
-                f"model's {baseline:.4f}."
+                f"Refusing to promote {version}: held-out mean Dice {candidate:.4f} is more than {tolerance} below "
+                f"the active model's {baseline:.4f}."
             )
         self.activate(version)

@@ -158,10 +158,8 @@ def _custom_loop(model, train_ds, val_ds, *, num_classes, epochs, steps_per_epoc
         optimizer = keras.optimizers.Adam(schedule)
         train_dice = DiceMetric(num_classes)
         val_dice = DiceMetric(num_classes)
-        if extra_vars:  # recreate loss variables under the strategy so they mirror
-            extra_vars = [v for v in extra_vars]
-    train_vars = model.trainable_variables + extra_vars
-    optimizer.build(train_vars)
+        train_vars = model.trainable_variables + extra_vars
+        optimizer.build(train_vars)
     dist_train = strategy.experimental_distribute_dataset(train_ds)
     global_batch = None
 

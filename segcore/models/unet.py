@@ -10,7 +10,8 @@ __all__ = ["build_unet"]
 
 def _conv_block(x, filters: int, *, batch_norm: bool, name: str):
     for i in (1, 2):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm, name=f"{name}_conv{i}")(x)
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=not batch_norm, kernel_initializer="he_normal",
+                          name=f"{name}_conv{i}")(x)
         if batch_norm:
             x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
         x = layers.Activation("relu", name=f"{name}_relu{i}")(x)
@@ -75,7 +76,8 @@ def build_unet(
     if dropout:
         x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
     for i, f in reversed(list(enumerate(filters))):
-        x = layers.Conv2DTranspose(f, 2, strides=2, padding="same", name=f"dec{i}_up")(x)
+        x = layers.Conv2DTranspose(f, 2, strides=2, padding="same", kernel_initializer="he_normal",
+                                   name=f"dec{i}_up")(x)
         x = layers.Concatenate(name=f"dec{i}_concat")([x, skips[i]])
         if dropout:
             x = layers.Dropout(dropout, name=f"dec{i}_dropout")(x)

@@ -1,0 +1,93 @@
+"""Correct: draw on the mask of the current scan and save it with who and which model."""
+
+import numpy as np
+import streamlit as st
+from PIL import Image
+from streamlit_drawable_canvas import st_canvas
+
+import app_state
+from segcore.annotate import apply_strokes, class_color
+from segcore.viz import PALETTE, overlay
+
+st.title("Correct")
+
+ws = app_state.workspace()
+data = app_state.current_bytes()
+name = st.session_state.get("sc_scan_name")
+raw = st.session_state.get("sc_raw")
+refined = st.session_state.get("sc_refined")
+display = st.session_state.get("sc_display")
+if data is None or raw is None or display is None:
+    st.info("Open a scan on **Segment & compare** first; its raw and refined masks are corrected here.")
+    st.page_link("pages/segment.py", label="← Segment & compare", icon=":material/biotech:")
+    st.stop()
+
+version = st.session_state.get("sc_version") or ws.active_version()
+_, _, mconfig = app_state.model_for(version)
+slice_index = st.session_state.get("sc_slice")
+scan_tag = f"{st.session_state['sc_scan_key'][:12]}-{slice_index}"
+previous = [c for c in ws.list_corrections() if c.scan_name == name and c.slice_index == slice_index]
+
+c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
+starts = ["refined", "raw"] + (["previous"] if previous else [])
+start = c1.radio("Start from", starts, horizontal=True, key="sc_start",
+                 help="'previous' reloads the last correction saved for this scan")
+cls = c2.selectbox("Class", list(range(1, mconfig.num_classes)), format_func=lambda c: mconfig.class_names[c],
+                   key="sc_draw_class")
+tool = c3.radio("Tool", ["Brush", "Eraser", "Polygon fill"], horizontal=True, key="sc_tool")
+size = c4.slider("Brush (px)", 1, 60, 12, key="sc_brush")
+
+if start == "previous":
+    _, base_mask = ws.load_correction(previous[-1])
+    base_mask = base_mask.astype(np.uint8)
+else:
+    base_mask = (refined if start == "refined" else raw).astype(np.uint8)
+
+h, w = base_mask.shape
+canvas_w = min(720, w * 4)
+scale = w / canvas_w  # image pixels per canvas pixel (same on both axes)
+canvas_h = int(round(h / scale))
+stroke = app_state.ERASER if tool == "Eraser" else class_color(cls, PALETTE)
+bg = Image.fromarray(overlay(display, base_mask, 0.4)).resize((canvas_w, canvas_h), Image.NEAREST)
+st.caption("Draw on the scan; use the canvas toolbar for undo, redo and clear. Polygon: click the vertices, then "
+           "click the first vertex again to close and fill it. Strokes are applied at full resolution "
+           f"({w}×{h} px, {scale:.2f} image px per screen px).")
+result = st_canvas(
+    fill_color=stroke,
+    stroke_width=size,
+    stroke_color=stroke,
+    background_image=bg,
+    height=canvas_h,
+    width=canvas_w,
+    drawing_mode="polygon" if tool == "Polygon fill" else "freedraw",
+    key=f"sc_canvas_{scan_tag}_{start}",
+    return_image_data=True,
+    update_streamlit=True,
+)
+objects = (result.json_data or {}).get("objects", []) if result is not None else []
+corrected = apply_strokes(base_mask, objects, scale, PALETTE, eraser_color=app_state.ERASER)
+changed = int((corrected != base_mask).sum())
+
+st.markdown(f"**{len(objects)}** strokes · **{changed}** pixels changed from the {start} mask")
+with st.expander("Preview of the corrected mask", expanded=changed > 0):
+    st.image(overlay(display, corrected, 0.5), width=min(w, 720))
+
+author = st.session_state.get("sc_reviewer", "").strip()
+save = st.button("Save correction", type="primary", disabled=not author, key="sc_save")
+if not author:
+    st.warning("Enter your name in the sidebar to save: corrections record who made them.")
+if save:
+    try:
+        rec = ws.save_correction(data, name, corrected, author=author, model_version=version,
+                                 source="previous" if start == "previous" else start, slice_index=slice_index)
+    except ValueError as exc:
+        st.error(f"Not saved: {exc}")
+    else:
+        st.success(f"Saved correction {rec.id} ({changed} pixels changed) to {rec.path}")
+
+saved = ws.list_corrections()
+if saved:
+    st.subheader(f"Saved corrections ({len(saved)})")
+    st.dataframe([{"id": c.id, "scan": c.scan_name, "slice": c.slice_index, "by": c.author,
+                   "model": c.model_version, "from": c.source, "at": c.created_at} for c in saved],
+                 hide_index=True, width="stretch")

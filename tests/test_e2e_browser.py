@@ -1,0 +1,170 @@
+"""End-to-end: the running app driven in real headless Chromium with Playwright.
+
+Upload a DICOM, see raw and refined overlays, switch views, draw a correction,
+save it, fine-tune, promote, and check the files on disk. Screenshots of every
+page go to ``test-artifacts/``.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("SEGCORE_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's chromium (apt-get install chromium)")
+    data_dir = tmp_path_factory.mktemp("segcore_data")
+    port = _free_port()
+    env = {**os.environ, "SEGCORE_DATA_DIR": str(data_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    log = open(data_dir / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("streamlit did not become healthy: " + (data_dir / "streamlit.log").read_text()[-2000:])
+    yield url, data_dir
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+def _no_exception(page):
+    errs = page.locator("[data-testid='stException']")
+    assert errs.count() == 0, errs.all_inner_texts()
+
+
+def _wait_idle(page, timeout=120_000):
+    page.wait_for_timeout(300)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
+        timeout=timeout)
+    page.wait_for_timeout(300)
+
+
+def test_segment_correct_finetune_promote(app_server, browser):
+    url, data_dir = app_server
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.get_by_text("Segment & compare").first.wait_for(timeout=60_000)
+    _wait_idle(page)
+    page.get_by_label("Your name (recorded with corrections)").fill("Dr Test")
+    page.keyboard.press("Enter")
+    _wait_idle(page)
+
+    # upload a DICOM
+    page.get_by_text("Upload", exact=True).click()
+    _wait_idle(page)
+    t0 = time.perf_counter()
+    page.locator("input[type=file]").set_input_files(str(ROOT / "sample_data" / "demo" / "phantom_ct_512.dcm"))
+    page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
+    page.get_by_text("Refined", exact=True).first.wait_for(timeout=60_000)
+    _wait_idle(page)
+    upload_to_overlays = time.perf_counter() - t0
+    _no_exception(page)
+    titles = page.locator(".js-plotly-plot .annotation-text").all_text_contents()
+    assert "Raw" in titles and "Refined" in titles
+    assert page.locator(".js-plotly-plot image").count() >= 2  # both overlays drawn as images
+    page.screenshot(path=str(ARTIFACTS / "01_segment_overlay.png"), full_page=True)
+
+    for view, fname, title in (("Contours", "02_segment_contours.png", "Raw"),
+                               ("Difference", "03_segment_diff.png", "green added"),
+                               ("Side by side", "04_segment_side_by_side.png", "Scan")):
+        page.get_by_text(view, exact=True).click()
+        page.locator(".js-plotly-plot .annotation-text", has_text=title).first.wait_for(timeout=30_000)
+        _wait_idle(page)
+        _no_exception(page)
+        page.screenshot(path=str(ARTIFACTS / fname), full_page=True)
+
+    # correct
+    page.get_by_role("link", name="Correct").first.click()
+    page.get_by_role("heading", name="Correct").wait_for(timeout=30_000)
+    _wait_idle(page)
+    canvas = page.locator("canvas.upper-canvas").first
+    canvas.wait_for(timeout=30_000)
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + 60, box["y"] + 60)
+    page.mouse.down()
+    for i in range(1, 21):
+        page.mouse.move(box["x"] + 60 + i * 8, box["y"] + 60 + i * 2)
+    page.mouse.up()
+    _wait_idle(page)
+    page.get_by_text("pixels changed from").wait_for(timeout=30_000)
+    text = page.get_by_text("pixels changed from").inner_text()
+    changed = int(text.split("·")[1].split("pixels")[0].replace("*", "").strip())
+    assert changed > 0, text
+    page.screenshot(path=str(ARTIFACTS / "05_correct.png"), full_page=True)
+    page.get_by_role("button", name="Save correction").click()
+    page.get_by_test_id("stAlertContentSuccess").get_by_text("Saved correction").wait_for(timeout=30_000)
+    _no_exception(page)
+    saved = [d for d in (data_dir / "corrections").iterdir() if not d.name.startswith(".")]
+    assert len(saved) == 1
+    meta = json.loads((saved[0] / "meta.json").read_text())
+    assert meta["author"] == "Dr Test" and meta["model_version"] == "v1" and meta["scan_name"] == "phantom_ct_512.dcm"
+    import cv2
+
+    mask = cv2.imread(str(saved[0] / "mask.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (512, 512)
+
+    # the correction survives a reload
+    page.reload()
+    page.get_by_role("link", name="Fine-tune").first.click()
+    page.get_by_role("heading", name="Fine-tune").wait_for(timeout=30_000)
+    _wait_idle(page)
+    assert page.get_by_text("phantom_ct_512.dcm").count() >= 1
+    page.screenshot(path=str(ARTIFACTS / "06_finetune.png"), full_page=True)
+    page.get_by_role("button", name="Fine-tune a copy of v1").click()
+    page.get_by_text("Saved candidate v2").wait_for(timeout=300_000)
+    _wait_idle(page)
+    _no_exception(page)
+    page.screenshot(path=str(ARTIFACTS / "07_finetune_candidate.png"), full_page=True)
+    page.get_by_role("button", name="Promote v2").click()
+    _wait_idle(page)
+    reg = json.loads((data_dir / "models" / "registry.json").read_text())
+    assert reg["active"] == "v2"
+    assert (data_dir / "models" / "v2" / "model.keras").is_file()
+    assert reg["versions"]["v2"]["trained_on"] == [meta["id"]]
+    page.screenshot(path=str(ARTIFACTS / "08_promoted.png"), full_page=True)
+    (ARTIFACTS / "e2e_timings.json").write_text(json.dumps({"upload_dicom_512_to_overlays_s": upload_to_overlays}))
