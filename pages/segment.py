@@ -35,7 +35,9 @@ with left:
         if not ups:
             st.info("Upload one or more scans, or switch to a sample.")
             st.stop()
-        pick = st.selectbox("Uploaded scan", [u.name for u in ups], key="sc_upload_pick")
+        # a new upload selects itself; earlier ones stay one click away
+        pick = st.selectbox("Uploaded scan", [u.name for u in ups], index=len(ups) - 1,
+                            key=f"sc_upload_pick_{len(ups)}")
         up = next(u for u in ups if u.name == pick)
         data, name = up.getvalue(), up.name
 with right:
@@ -132,8 +134,9 @@ st.plotly_chart(image_panels(panels, **hover), width="stretch", key="sc_fig")
 
 legend = " · ".join(f":{c}[■] {n}" for c, n in zip(["gray", "green", "red", "blue", "orange", "violet"],
                                                     mconfig.class_names))
-st.caption(f"{legend}  ·  window {win[0]:.0f}/{win[1]:.0f}  ·  model {version}  ·  "
-           + "  ".join(f"{k} {v:.0f} ms" for k, v in result.timings_ms.items()))
+steps = "  ".join(f"{s} {v:.0f} ms" for s, v in result.timings_ms.items())
+st.caption(f"{name}  ·  {legend}  ·  window {win[0]:.0f}/{win[1]:.0f}  ·  model {version}  ·  "
+           f"open {open_k}px, close {close_k}px, CRF {crf_it} it  ·  step times: {steps}")
 
 # ---------------------------------------------------------------- tables
 k = mconfig.num_classes

@@ -1,0 +1,65 @@
+"""Page logic with Streamlit's AppTest (no browser)."""
+
+import os
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEGCORE_DATA_DIR", str(tmp_path))
+    monkeypatch.chdir(ROOT)
+    return tmp_path
+
+
+def _app():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    at.run()
+    return at
+
+
+def test_segment_page_renders_sample_with_tables():
+    at = _app()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Segment & compare"
+    assert at.selectbox(key="sc_sample").value.startswith("phantom_ct_512")
+    tables = at.dataframe
+    assert len(tables) >= 1
+    per_class = tables[0].value
+    assert list(per_class["class"]) == ["organ", "lesion"]
+    assert per_class["refined area (mm²)"].notna().all()  # DICOM spacing known
+
+
+def test_switch_views_and_refinement_controls():
+    at = _app()
+    for view in ("Contours", "Side by side", "Difference"):
+        at.radio(key="sc_view").set_value(view).run()
+        assert not at.exception, at.exception
+    at.checkbox(key="sc_crf_on").uncheck().run()
+    at.slider(key="sc_open_k").set_value(7).run()
+    assert not at.exception
+
+
+def test_bad_upload_shows_clear_error_not_traceback():
+    at = _app()
+    at.radio(key="sc_source").set_value("Upload").run()
+    assert not at.exception
+    assert any("Upload one or more scans" in i.value for i in at.info)
+
+
+def test_correct_and_finetune_pages_after_segment():
+    at = _app()
+    at.switch_page("pages/correct.py").run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Correct"
+    assert at.button(key="sc_save").disabled  # no reviewer name yet
+    assert any("Enter your name" in w.value for w in at.warning)
+    at.switch_page("pages/finetune.py").run()
+    assert not at.exception, at.exception
+    assert any("No saved corrections" in i.value for i in at.info)
+    assert at.button(key="sc_ft_go").disabled
