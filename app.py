@@ -15,6 +15,7 @@ if not st.session_state["sc_reviewer"] and st.query_params.get("reviewer"):
 pages = [
     st.Page("pages/segment.py", title="Segment & compare", icon=":material/biotech:", default=True),
     st.Page("pages/correct.py", title="Correct", icon=":material/edit:"),
+    st.Page("pages/review.py", title="Review", icon=":material/fact_check:"),
     st.Page("pages/finetune.py", title="Fine-tune", icon=":material/model_training:"),
 ]
 pg = st.navigation(pages)

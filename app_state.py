@@ -128,3 +128,52 @@ def refine_cached(version: str, key: str, slice_index: int | None, win: tuple, c
     cfg = RefineConfig(**{**cfg_dict, "order": tuple(cfg_dict["order"]),
                           "keep_largest_classes": tuple(cfg_dict["keep_largest_classes"])})
     return Refiner(cfg).run(_display, _probs, spacing=spacing if spacing else None)
+
+
+@st.cache_data(max_entries=8, show_spinner="Sampling the model with dropout…")
+def mc_dropout_cached(version: str, key: str, slice_index: int | None, _image: np.ndarray) -> np.ndarray:
+    from segcore.infer import mc_dropout
+
+    _, model, config = model_for(version)
+    return mc_dropout(model, _image, config, samples=8)[1]
+
+
+def correction_canvas(display: np.ndarray, base_mask: np.ndarray, class_names, key: str):
+    """Brush / eraser / polygon tools over the scan; returns ``(corrected mask, n strokes, changed px)``.
+
+    Strokes are rasterised from their vector form at full resolution (segcore.annotate).
+    """
+    from PIL import Image
+    from streamlit_drawable_canvas import st_canvas
+
+    from segcore.annotate import apply_strokes, class_color
+    from segcore.viz import PALETTE, overlay
+
+    c2, c3, c4 = st.columns([2, 2, 1])
+    cls = c2.selectbox("Class", list(range(1, len(class_names))), format_func=lambda c: class_names[c],
+                       key=f"{key}_class")
+    tool = c3.radio("Tool", ["Brush", "Eraser", "Polygon fill"], horizontal=True, key=f"{key}_tool")
+    size = c4.slider("Brush (px)", 1, 60, 12, key=f"{key}_brush")
+    h, w = base_mask.shape
+    canvas_w = min(720, w * 4)
+    scale = w / canvas_w  # image pixels per canvas pixel (same on both axes)
+    canvas_h = int(round(h / scale))
+    stroke = ERASER if tool == "Eraser" else class_color(cls, PALETTE)
+    bg = Image.fromarray(overlay(display, base_mask, 0.4)).resize((canvas_w, canvas_h), Image.NEAREST)
+    st.caption("Draw on the scan; the canvas toolbar has undo, redo and clear. Polygon: click the vertices, then "
+               "the first vertex again to close and fill it. Strokes are applied at full resolution "
+               f"({w}×{h} px, {scale:.2f} image px per screen px).")
+    result = st_canvas(fill_color=stroke, stroke_width=size, stroke_color=stroke, background_image=bg,
+                       height=canvas_h, width=canvas_w,
+                       drawing_mode="polygon" if tool == "Polygon fill" else "freedraw",
+                       key=f"{key}_canvas", return_image_data=True, update_streamlit=True)
+    objects = (result.json_data or {}).get("objects", []) if result is not None else []
+    corrected = apply_strokes(base_mask, objects, scale, PALETTE, eraser_color=ERASER)
+    return corrected, len(objects), int((corrected != base_mask).sum())
+
+
+@st.cache_resource
+def review_store():
+    from segcore.review import ReviewStore
+
+    return ReviewStore(data_dir=workspace().root)

@@ -81,11 +81,11 @@ def main(n=5):
                     uploads.append(dt)
             import re
 
-            cap = page.locator("[data-testid='stCaptionContainer']", has_text="open ").first
-            track = page.locator("[data-testid='stSlider']", has_text="Opening kernel (px)").first
+            cap = page.locator("[data-testid='stCaptionContainer']", has_text="close ").first
+            track = page.locator("[data-testid='stSlider']", has_text="Closing kernel (px)").first
             track.scroll_into_view_if_needed()
             for i in range(n):
-                before = re.search(r"open (\d+)px", cap.inner_text()).group(1)
+                before = re.search(r"close (\d+)px", cap.inner_text()).group(1)
                 bb = track.bounding_box()
                 x = bb["x"] + bb["width"] * (0.35 if i % 2 == 0 else 0.15)
                 t0 = time.perf_counter()
@@ -93,7 +93,7 @@ def main(n=5):
                 # the caption is written after the re-rendered figure and names the new kernel size
                 page.wait_for_function(
                     "([b]) => { const m = [...document.querySelectorAll('[data-testid=\"stCaptionContainer\"]')]"
-                    ".map(e => e.innerText.match(/open (\\d+)px/)).find(Boolean); return m && m[1] !== b; }",
+                    ".map(e => e.innerText.match(/close (\\d+)px/)).find(Boolean); return m && m[1] !== b; }",
                     arg=[before], timeout=60_000)
                 page.wait_for_function(idle, timeout=60_000)
                 sliders.append(time.perf_counter() - t0)
@@ -106,7 +106,7 @@ def main(n=5):
            "slider_rerender_s_median": round(statistics.median(sliders), 2),
            "slider_samples_s": [round(x, 2) for x in sliders],
            "note": "warm server; timed from set_input_files until both overlays are in the DOM and the script "
-                   "is idle; slider: mouse click on the Opening-kernel track until the caption under the figure shows the new size and the script is idle",
+                   "is idle; slider: mouse click on the Closing-kernel track until the caption under the figure shows the new size and the script is idle",
            "command": ".venv/bin/python bench/app_latency.py"}
     print(res)
     (ROOT / "bench" / "results" / "app.json").write_text(json.dumps(res, indent=1))

@@ -2,12 +2,9 @@
 
 import numpy as np
 import streamlit as st
-from PIL import Image
-from streamlit_drawable_canvas import st_canvas
 
 import app_state
-from segcore.annotate import apply_strokes, class_color
-from segcore.viz import PALETTE, overlay
+from segcore.viz import overlay
 
 st.title("Correct")
 
@@ -28,47 +25,19 @@ slice_index = st.session_state.get("sc_slice")
 scan_tag = f"{st.session_state['sc_scan_key'][:12]}-{slice_index}"
 previous = [c for c in ws.list_corrections() if c.scan_name == name and c.slice_index == slice_index]
 
-c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
 starts = ["refined", "raw"] + (["previous"] if previous else [])
-start = c1.radio("Start from", starts, horizontal=True, key="sc_start",
+start = st.radio("Start from", starts, horizontal=True, key="sc_start",
                  help="'previous' reloads the last correction saved for this scan")
-cls = c2.selectbox("Class", list(range(1, mconfig.num_classes)), format_func=lambda c: mconfig.class_names[c],
-                   key="sc_draw_class")
-tool = c3.radio("Tool", ["Brush", "Eraser", "Polygon fill"], horizontal=True, key="sc_tool")
-size = c4.slider("Brush (px)", 1, 60, 12, key="sc_brush")
-
 if start == "previous":
     _, base_mask = ws.load_correction(previous[-1])
     base_mask = base_mask.astype(np.uint8)
 else:
     base_mask = (refined if start == "refined" else raw).astype(np.uint8)
-
 h, w = base_mask.shape
-canvas_w = min(720, w * 4)
-scale = w / canvas_w  # image pixels per canvas pixel (same on both axes)
-canvas_h = int(round(h / scale))
-stroke = app_state.ERASER if tool == "Eraser" else class_color(cls, PALETTE)
-bg = Image.fromarray(overlay(display, base_mask, 0.4)).resize((canvas_w, canvas_h), Image.NEAREST)
-st.caption("Draw on the scan; use the canvas toolbar for undo, redo and clear. Polygon: click the vertices, then "
-           "click the first vertex again to close and fill it. Strokes are applied at full resolution "
-           f"({w}×{h} px, {scale:.2f} image px per screen px).")
-result = st_canvas(
-    fill_color=stroke,
-    stroke_width=size,
-    stroke_color=stroke,
-    background_image=bg,
-    height=canvas_h,
-    width=canvas_w,
-    drawing_mode="polygon" if tool == "Polygon fill" else "freedraw",
-    key=f"sc_canvas_{scan_tag}_{start}",
-    return_image_data=True,
-    update_streamlit=True,
-)
-objects = (result.json_data or {}).get("objects", []) if result is not None else []
-corrected = apply_strokes(base_mask, objects, scale, PALETTE, eraser_color=app_state.ERASER)
-changed = int((corrected != base_mask).sum())
+corrected, n_objects, changed = app_state.correction_canvas(display, base_mask, mconfig.class_names,
+                                                            key=f"sc_corr_{scan_tag}_{start}")
 
-st.markdown(f"**{len(objects)}** strokes · **{changed}** pixels changed from the {start} mask")
+st.markdown(f"**{n_objects}** strokes · **{changed}** pixels changed from the {start} mask")
 with st.expander("Preview of the corrected mask", expanded=changed > 0):
     st.image(overlay(display, corrected, 0.5), width=min(w, 720))
 

@@ -75,20 +75,24 @@ display = app_state.to_display(image, win)
 with st.sidebar:
     st.markdown("#### Refinement")
     base = RefineConfig()
-    crf_on = st.checkbox("Dense CRF", value=True, key="sc_crf_on")
-    crf_it = st.slider("CRF iterations", 1, 10, 5, key="sc_crf_it", disabled=not crf_on)
-    crf_sxy = st.slider("CRF bilateral σ (px)", 10, 160, 80, key="sc_crf_sxy", disabled=not crf_on)
-    crf_srgb = st.slider("CRF intensity σ", 3, 50, 13, key="sc_crf_srgb", disabled=not crf_on)
-    crf_wb = st.slider("CRF bilateral weight", 0, 20, 10, key="sc_crf_wb", disabled=not crf_on)
-    open_on = st.checkbox("Opening", value=True, key="sc_open_on")
-    open_k = st.slider("Opening kernel (px)", 1, 15, 3, key="sc_open_k", disabled=not open_on)
-    close_on = st.checkbox("Closing", value=True, key="sc_close_on")
-    close_k = st.slider("Closing kernel (px)", 1, 21, 5, key="sc_close_k", disabled=not close_on)
-    fill_on = st.checkbox("Fill holes", value=True, key="sc_fill_on")
-    small_on = st.checkbox("Remove small components", value=True, key="sc_small_on")
-    min_size = st.number_input("Minimum component size (px)", 0, 100000, 30, key="sc_min_size",
+    on = base.enabled
+    crf_on = st.checkbox("Dense CRF", value=on["crf"], key="sc_crf_on")
+    crf_it = st.slider("CRF iterations", 1, 10, base.crf["iterations"], key="sc_crf_it", disabled=not crf_on)
+    crf_sxy = st.slider("CRF bilateral σ (px)", 10, 160, base.crf["sxy_bilateral"], key="sc_crf_sxy",
+                        disabled=not crf_on)
+    crf_srgb = st.slider("CRF intensity σ", 1, 50, base.crf["srgb"], key="sc_crf_srgb", disabled=not crf_on)
+    crf_wb = st.slider("CRF bilateral weight", 0, 20, base.crf["compat_bilateral"], key="sc_crf_wb",
+                       disabled=not crf_on)
+    open_on = st.checkbox("Opening", value=on["open"], key="sc_open_on")
+    open_k = st.slider("Opening kernel (px)", 1, 15, base.open_size, key="sc_open_k", disabled=not open_on)
+    close_on = st.checkbox("Closing", value=on["close"], key="sc_close_on")
+    close_k = st.slider("Closing kernel (px)", 1, 21, base.close_size, key="sc_close_k", disabled=not close_on)
+    fill_on = st.checkbox("Fill holes", value=on["fill_holes"], key="sc_fill_on")
+    small_on = st.checkbox("Remove small components", value=on["remove_small"], key="sc_small_on")
+    min_size = st.number_input("Minimum component size (px)", 0, 100000, int(base.min_size), key="sc_min_size",
                                disabled=not small_on)
-    largest_on = st.checkbox("Keep largest organ component", value=False, key="sc_largest_on")
+    largest_on = st.checkbox("Keep largest organ component", value=on["keep_largest"], key="sc_largest_on")
+    st.caption("Defaults chosen on the sample validation split (bench/tune_refine.py).")
 cfg = dataclasses.replace(
     base,
     enabled={"crf": crf_on, "open": open_on, "close": close_on, "fill_holes": fill_on, "remove_small": small_on,
@@ -116,8 +120,18 @@ vcols = st.columns([3, 1, 1])
 view = vcols[0].radio("View", ["Overlay", "Contours", "Side by side", "Difference"], horizontal=True,
                       key="sc_view")
 alpha = vcols[1].slider("Opacity", 0.0, 1.0, 0.45, 0.05, key="sc_alpha")
-show_unc = vcols[2].checkbox("Uncertainty layer", key="sc_unc", help="Predictive entropy of the model, 0..1")
-unc = entropy(probs) if show_unc else None
+unc_kind = vcols[2].selectbox("Uncertainty layer", ["off", "entropy", "MC dropout"], key="sc_unc",
+                              help="Entropy of the softmax (0..1), or the spread of the winning class's probability "
+                                   "over 8 dropout samples")
+unc = None
+if unc_kind == "entropy":
+    unc = entropy(probs)
+elif unc_kind == "MC dropout":
+    try:
+        unc = app_state.mc_dropout_cached(version, key, slice_index, image)
+        unc = np.clip(unc / max(float(unc.max()), 1e-6), 0, 1)
+    except ValueError as exc:
+        st.warning(str(exc))
 pv = image if image.ndim == 2 else image.mean(-1)
 hover = dict(pixel_values=pv, raw=raw, refined=refined, prob=np.take_along_axis(probs, raw[..., None], -1)[..., 0],
              class_names=mconfig.class_names, heat=unc)

@@ -225,3 +225,19 @@ def test_fine_tune_returns_a_copy_and_cancels():
         fine_tune(m, [x[0, ..., 0]], [y[0, :10]], config=cfg)
     with pytest.raises(ValueError, match="model has 2 classes"):
         fine_tune(m, [x[0, ..., 0]], [y[0] * 3], config=cfg)
+
+
+def test_mc_dropout_uncertainty_on_a_copy():
+    from segcore.infer import mc_dropout, predict_proba
+
+    keras.utils.set_random_seed(0)
+    cfg = ModelConfig(num_classes=2, class_names=("bg", "fg"), input_size=(32, 32))
+    m = build_unet((None, None, 1), 2, base_filters=4, depth=2, dropout=0.5)
+    img = np.random.default_rng(0).random((40, 48)).astype(np.float32)
+    before = predict_proba(m, img, cfg)
+    mean, unc = mc_dropout(m, img, cfg, samples=6)
+    assert mean.shape == (40, 48, 2) and unc.shape == (40, 48)
+    assert float(unc.max()) > 0  # dropout makes the samples differ
+    np.testing.assert_allclose(predict_proba(m, img, cfg), before)  # deterministic model untouched
+    with pytest.raises(ValueError, match="has no Dropout layer"):
+        mc_dropout(build_unet((None, None, 1), 2, base_filters=4, depth=2), img, cfg)
