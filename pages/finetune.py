@@ -49,7 +49,8 @@ train_ids = st.multiselect("Train on", ids, default=ids, key="sc_ft_train",
 held_ids = [i for i in ids if i not in train_ids]
 cols = st.columns(3)
 epochs = cols[0].slider("Epochs", 1, 30, 5, key="sc_ft_epochs")
-lr = cols[1].select_slider("Learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 1e-3], value=3e-4, key="sc_ft_lr")
+lr = cols[1].selectbox("Learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 1e-3], index=2, key="sc_ft_lr",
+                       format_func=lambda v: f"{v:g}")
 replay_n = cols[2].slider("Replay samples per case", 0, 8, 2, key="sc_ft_replay",
                           help="Original training images mixed in per corrected case")
 
@@ -90,7 +91,8 @@ if go:
     with st.spinner("Evaluating the current version on the same held-out set…"):
         base_eval = evaluate_model(model, config, eval_imgs, eval_masks)
     metrics = {"held_out": res["eval"], "baseline_held_out": base_eval, "history": res["history"],
-               "held_out_cases": held_ids, "n_test_images": len(test_imgs)}
+               "held_out_cases": held_ids, "n_test_images": len(test_imgs),
+               "settings": {"epochs": epochs, "learning_rate": float(lr), "replay_per_case": replay_n}}
     import copy
 
     new_config = copy.deepcopy(config)

@@ -123,7 +123,7 @@ def _cmd_predict(args) -> int:
     from .infer import predict_proba
     from .io import ScanError, load_scan
     from .models import load_model
-    from .results import save_label_nifti
+    from .viz import save_label_nifti
 
     model, config = load_model(args.model)
     src = Path(args.input)

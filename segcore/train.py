@@ -282,11 +282,12 @@ def fine_tune(
     replay_images: np.ndarray | None = None,
     replay_masks: np.ndarray | None = None,
     replay_ratio: float = 1.0,
-    learning_rate: float = 2e-4,
+    learning_rate: float = 1e-4,
     batch_size: int = 8,
     progress: Callable[[dict], Any] | None = None,
     eval_images: list[np.ndarray] | None = None,
     eval_masks: list[np.ndarray] | None = None,
+    loss: keras.losses.Loss | None = None,
     seed: int = 0,
 ) -> tuple[keras.Model, dict]:
     """Fine-tune a copy of ``model`` on corrected pairs plus a replay sample.
@@ -335,8 +336,15 @@ def fine_tune(
 
     ds = make_dataset(x, y, config, batch_size=batch_size, shuffle=True, augment_data=True, seed=seed)
     new = clone_model(model)
+    if loss is None:
+        # the loss the default model was trained with: sqrt-inverse-frequency weighted CE + batch Dice
+        from .losses import WeightedCrossEntropy, class_weights_from_masks
+
+        inv = np.asarray(class_weights_from_masks(y, config.num_classes))
+        loss = CombinedLoss([WeightedCrossEntropy(list(np.sqrt(inv) / np.sqrt(inv).mean())),
+                             DiceLoss(include_background=False, batch=True)])
     history = train(new, ds, None, num_classes=config.num_classes, epochs=epochs, learning_rate=learning_rate,
-                    progress=progress)
+                    progress=progress, loss=loss)
     result: dict = {"history": history}
     if eval_images is not None and eval_masks is not None and len(eval_images):
         result["eval"] = evaluate_model(new, config, list(eval_images), list(eval_masks))

@@ -41,7 +41,9 @@ def test_switch_views_and_refinement_controls():
         at.radio(key="sc_view").set_value(view).run()
         assert not at.exception, at.exception
     at.checkbox(key="sc_crf_on").uncheck().run()
+    at.checkbox(key="sc_open_on").check().run()
     at.slider(key="sc_open_k").set_value(7).run()
+    assert "open 7px" in at.caption[-1].value or any("open 7px" in c.value for c in at.caption)
     assert not at.exception
 
 

@@ -131,7 +131,10 @@ def test_segment_correct_finetune_promote(app_server, browser):
         page.mouse.move(box["x"] + 60 + i * 8, box["y"] + 60 + i * 2)
     page.mouse.up()
     _wait_idle(page)
-    page.get_by_text("pixels changed from").wait_for(timeout=30_000)
+    import re
+
+    page.get_by_text(re.compile(r"^[1-9]\d* strokes")).wait_for(timeout=30_000)  # the stroke reached the server
+    _wait_idle(page)
     text = page.get_by_text("pixels changed from").inner_text()
     changed = int(text.split("·")[1].split("pixels")[0].replace("*", "").strip())
     assert changed > 0, text
@@ -154,6 +157,11 @@ def test_segment_correct_finetune_promote(app_server, browser):
     page.get_by_role("heading", name="Fine-tune").wait_for(timeout=30_000)
     _wait_idle(page)
     assert page.get_by_text("phantom_ct_512.dcm").count() >= 1
+    # the smallest learning rate keeps this one-stroke fine-tune within the promotion gate
+    lr_box = page.locator("[data-testid='stSelectbox']", has_text="Learning rate").first
+    lr_box.click()
+    page.get_by_role("option", name="1e-05", exact=True).click()
+    _wait_idle(page)
     page.screenshot(path=str(ARTIFACTS / "06_finetune.png"), full_page=True)
     page.get_by_role("button", name="Fine-tune a copy of v1").click()
     page.get_by_text("Saved candidate v2").wait_for(timeout=300_000)
@@ -166,5 +174,6 @@ def test_segment_correct_finetune_promote(app_server, browser):
     assert reg["active"] == "v2"
     assert (data_dir / "models" / "v2" / "model.keras").is_file()
     assert reg["versions"]["v2"]["trained_on"] == [meta["id"]]
+    assert reg["versions"]["v2"]["metrics"]["settings"]["learning_rate"] == 1e-5
     page.screenshot(path=str(ARTIFACTS / "08_promoted.png"), full_page=True)
     (ARTIFACTS / "e2e_timings.json").write_text(json.dumps({"upload_dicom_512_to_overlays_s": upload_to_overlays}))
