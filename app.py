@@ -9,6 +9,10 @@ import app_state
 
 st.set_page_config(page_title="segcore", page_icon=":material/radiology:", layout="wide")
 app_state.init_state()
+deeplink = st.session_state.pop("sc_deeplink", None)
+if deeplink:  # a deep link that reached a page before the router existed (see app_state.ensure_router)
+    for k, v in deeplink[1].items():
+        st.query_params[k] = v
 if not st.session_state["sc_reviewer"] and st.query_params.get("reviewer"):
     st.session_state["sc_reviewer"] = st.query_params["reviewer"]  # survives a browser reload
 
@@ -32,4 +36,7 @@ with st.sidebar:
     else:
         st.caption(f"Active model: **{ws.active_version()}** · data in `{ws.root}`")
 
+st.session_state["sc_router"] = True
+if deeplink:
+    st.switch_page(deeplink[0])
 pg.run()

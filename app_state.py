@@ -23,6 +23,23 @@ DEFAULT_MODEL_DIR = Path(os.environ.get("SEGCORE_DEFAULT_MODEL", SAMPLE_DIR / "m
 ERASER = "#ffffff"
 
 
+def ensure_router() -> None:
+    """Send a page run that bypassed ``app.py`` through the router.
+
+    On a freshly started server, a deep link (e.g. ``/review``) reaches a file
+    in ``pages/`` before ``app.py`` has declared ``st.navigation``, and
+    Streamlit runs the page on its own, without the shared sidebar. Pages call
+    this first: such a run is redirected to ``app.py``, which then switches to
+    the page that was asked for (query parameters included).
+    """
+    if not st.session_state.get("sc_router"):
+        import inspect
+
+        page = Path(inspect.stack()[1].filename).name
+        st.session_state["sc_deeplink"] = (f"pages/{page}", dict(st.query_params))
+        st.switch_page("app.py")
+
+
 def init_state() -> None:
     defaults = {
         "sc_reviewer": "",

@@ -6,6 +6,7 @@ import streamlit as st
 import app_state
 from segcore.viz import overlay
 
+app_state.ensure_router()
 st.title("Correct")
 
 ws = app_state.workspace()

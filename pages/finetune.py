@@ -6,6 +6,7 @@ import streamlit as st
 import app_state
 from segcore.figures import line_plot
 
+app_state.ensure_router()
 st.title("Fine-tune")
 
 ws = app_state.workspace()

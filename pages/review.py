@@ -10,6 +10,7 @@ from segcore.figures import image_panels
 from segcore.review import REASON_CODES, VERDICTS
 from segcore.viz import overlay
 
+app_state.ensure_router()
 st.title("Review")
 
 ws = app_state.workspace()
@@ -46,15 +47,17 @@ def build_case(data: bytes, name: str, sid: int) -> None:
 
 # ---------------------------------------------------------------- session
 sessions = store.sessions()
+if "sc_rv_select" in st.session_state:  # a session just created: select it (before the widget exists)
+    st.session_state["sc_rv_session"] = st.session_state.pop("sc_rv_select")
 labels = {s["id"]: f"#{s['id']} {s['name']} (by {s['created_by']}, model {s['model_version']})" for s in sessions}
-choice = st.selectbox("Session", [None] + list(labels), format_func=lambda i: "➕ New session" if i is None
+choice = st.selectbox("Session", [None] + list(labels), format_func=lambda i: "+ New session" if i is None
                       else labels[i], index=len(labels) if labels else 0, key="sc_rv_session")
 if choice is None:
     with st.form("sc_rv_new"):
-        sname = st.text_input("Session name", placeholder="e.g. Liver phantoms, batch 1")
-        source = st.radio("Cases", ["Sample test scans (10)", "Upload"], horizontal=True)
+        sname = st.text_input("Session name", placeholder="e.g. Liver phantoms, batch 1", key="sc_rv_name")
+        source = st.radio("Cases", ["Sample test scans (10)", "Upload"], horizontal=True, key="sc_rv_source")
         ups = st.file_uploader("Scans to review", accept_multiple_files=True)
-        go = st.form_submit_button("Start session", type="primary")
+        go = st.form_submit_button("Start session", type="primary", key="sc_rv_start")
     if go:
         if not sname.strip():
             st.error("Give the session a name.")
@@ -74,7 +77,7 @@ if choice is None:
         for i, (data, name) in enumerate(items, 1):
             build_case(data, name, sid)
             bar.progress(i / len(items), text=f"Segmented {i} of {len(items)}")
-        st.session_state["sc_rv_session"] = sid
+        st.session_state["sc_rv_select"] = sid
         st.rerun()
     st.stop()
 
@@ -96,6 +99,7 @@ with tab_review:
     case = st.selectbox("Case", queue, index=default, key=f"sc_rv_case_{sid}_{len(done)}",
                         format_func=lambda c: f"{'✓' if (c.id, reviewer) in latest else '•'} #{c.id} "
                                               f"{c.scan_name} · uncertainty {c.uncertainty:.3f}")
+    st.subheader(f"Case #{case.id} · {case.scan_name}")
     timer_key = f"sc_rv_t0_{case.id}"
     st.session_state.setdefault(timer_key, time.time())
 
@@ -178,6 +182,12 @@ with tab_summary:
                                 height=300), key="sc_rv_p2")
         c3.plotly_chart(px_.box(rows, y=[k for k in rows[0] if k.startswith("Dice ")],
                                 title="Model vs accepted: Dice per class", height=300), key="sc_rv_p3")
+        multi = sorted({v["case_id"] for v in vs if len({w["reviewer"] for w in vs if w["case_id"] == v["case_id"]}) > 1})
+        if multi:
+            st.subheader("Inter-rater agreement")
+            st.dataframe([{"case": cid, **{k: (round(x, 4) if isinstance(x, float) else x) for k, x in r.items()
+                                           if k != "dice_per_class"}}
+                          for cid in multi for r in store.agreement(cid)], hide_index=True, width="stretch")
         rejected = [r for r in rows if r["verdict"] == "reject"]
         st.subheader(f"Rejected ({len(rejected)}): not used for fine-tuning")
         st.dataframe(rejected, hide_index=True, width="stretch")

@@ -13,6 +13,7 @@ from segcore.metrics import dice, iou
 from segcore.refine import RefineConfig, component_table
 from segcore.viz import contours, diff_image, nifti_bytes, overlay, png_bytes
 
+app_state.ensure_router()
 st.title("Segment & compare")
 
 ws = app_state.workspace()

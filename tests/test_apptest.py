@@ -65,3 +65,20 @@ def test_correct_and_finetune_pages_after_segment():
     assert not at.exception, at.exception
     assert any("No saved corrections" in i.value for i in at.info)
     assert at.button(key="sc_ft_go").disabled
+
+
+def test_review_page_needs_a_name_and_valid_session_input():
+    at = _app()
+    at.switch_page("pages/review.py").run()
+    assert not at.exception, at.exception
+    assert any("Enter your name" in w.value for w in at.warning)
+    at.session_state["sc_reviewer"] = "Dr T"
+    at.run()
+    assert not at.exception, at.exception
+    at.button(key="sc_rv_start").click().run()  # no session name
+    assert any("Give the session a name" in e.value for e in at.error)
+    at.text_input(key="sc_rv_name").input("t")
+    at.radio(key="sc_rv_source").set_value("Upload")
+    at.button(key="sc_rv_start").click().run()  # upload chosen, nothing uploaded
+    assert any("Upload at least one scan" in e.value for e in at.error)
+    assert not at.exception

@@ -177,3 +177,75 @@ def test_segment_correct_finetune_promote(app_server, browser):
     assert reg["versions"]["v2"]["metrics"]["settings"]["learning_rate"] == 1e-5
     page.screenshot(path=str(ARTIFACTS / "08_promoted.png"), full_page=True)
     (ARTIFACTS / "e2e_timings.json").write_text(json.dumps({"upload_dicom_512_to_overlays_s": upload_to_overlays}))
+
+
+def test_two_reviewers_same_case_agreement(app_server, browser):
+    """Two browser contexts as two reviewers on the same case at once; both verdicts stored, agreement shown."""
+    import re
+
+    from segcore.review import ReviewStore
+
+    url, data_dir = app_server
+    ARTIFACTS.mkdir(exist_ok=True)
+    ctx_a, ctx_b = browser.new_context(viewport={"width": 1400, "height": 1000}), \
+        browser.new_context(viewport={"width": 1400, "height": 1000})
+    a, b = ctx_a.new_page(), ctx_b.new_page()
+    a.goto(url + "/review?reviewer=Dr+A")
+    a.get_by_role("heading", name="Review").wait_for(timeout=60_000)
+    _wait_idle(a)
+    a.get_by_label("Session name").fill("Phantom batch")
+    a.get_by_role("button", name="Start session").click()
+    a.get_by_text(re.compile(r"Dr A: 0 of 10 reviewed")).wait_for(timeout=180_000)
+    _wait_idle(a)
+    _no_exception(a)
+
+    b.goto(url + "/review?reviewer=Dr+B")
+    b.get_by_text(re.compile(r"Dr B: 0 of 10 reviewed")).wait_for(timeout=60_000)
+    _wait_idle(b)
+    # both are on the first (most uncertain) case now
+    case_a = a.get_by_role("heading", name=re.compile(r"^Case #\d+")).inner_text()
+    case_b = b.get_by_role("heading", name=re.compile(r"^Case #\d+")).inner_text()
+    first = re.search(r"#(\d+)", case_a).group(1)
+    assert re.search(r"#(\d+)", case_b).group(1) == first
+
+    # Dr B corrects the mask, Dr A accepts as is; both at once
+    b.get_by_text("Correct the mask").click()
+    canvas = b.locator("canvas.upper-canvas").first
+    canvas.wait_for(timeout=30_000)
+    box = canvas.bounding_box()
+    b.mouse.move(box["x"] + 40, box["y"] + 40)
+    b.mouse.down()
+    for i in range(1, 16):
+        b.mouse.move(box["x"] + 40 + i * 10, box["y"] + 40 + i * 3)
+    b.mouse.up()
+    b.get_by_text(re.compile(r"^[1-9]\d* strokes")).wait_for(timeout=30_000)
+    _wait_idle(b)
+    a.get_by_role("button", name="Record verdict and go to the next case").click()
+    b.get_by_role("button", name="Record verdict and go to the next case").click()
+    a.get_by_text(re.compile(r"Dr A: 1 of 10 reviewed")).wait_for(timeout=60_000)
+    b.get_by_text(re.compile(r"Dr B: 1 of 10 reviewed")).wait_for(timeout=60_000)
+    _no_exception(a)
+    _no_exception(b)
+
+    store = ReviewStore(data_dir=data_dir)
+    vs = [v for v in store.verdicts() if str(v["case_id"]) == first]
+    assert sorted((v["reviewer"], v["verdict"]) for v in vs) == [("Dr A", "accept"), ("Dr B", "accept_with_edits")]
+    assert store.verify_audit() > 0
+
+    # back on that case, agreement between the two is shown
+    a.locator("[data-testid='stSelectbox']", has_text="Case").first.locator("input").click()
+    a.keyboard.type(f"#{first} ")
+    a.keyboard.press("Enter")
+    a.get_by_role("tabpanel", name="Review").get_by_text("Inter-rater agreement").wait_for(timeout=60_000)
+    _wait_idle(a)
+    assert a.get_by_text("Disagreement between Dr A and Dr B").count() == 1
+    a.screenshot(path=str(ARTIFACTS / "09_review_agreement.png"), full_page=True)
+    a.get_by_role("tab", name="Summary & export").click()
+    _wait_idle(a)
+    assert a.get_by_role("tabpanel", name="Summary & export").get_by_text("Inter-rater agreement").count() == 1
+    a.get_by_role("button", name="Prepare export").click()
+    a.get_by_role("button", name=re.compile("Download session export")).wait_for(timeout=60_000)
+    _no_exception(a)
+    a.screenshot(path=str(ARTIFACTS / "10_review_summary.png"), full_page=True)
+    ctx_a.close()
+    ctx_b.close()
