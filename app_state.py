@@ -81,6 +81,8 @@ def sample_files() -> dict[str, Path]:
     files = {p.name: p for p in demo if "mask" not in p.name and "lesion" not in p.name}
     for p in sorted((SAMPLE_DIR / "phantom" / "test" / "images").glob("*.png"))[:10]:
         files[f"phantom test/{p.name}"] = p
+    for p in sorted((SAMPLE_DIR / "instances" / "test" / "images").glob("*.png"))[:5]:
+        files[f"instances test/{p.name}"] = p
     return files
 
 
@@ -194,3 +196,22 @@ def review_store():
     from segcore.review import ReviewStore
 
     return ReviewStore(data_dir=workspace().root)
+
+
+MASKRCNN_DIR = SAMPLE_DIR / "models" / "maskrcnn"
+
+
+@st.cache_resource
+def maskrcnn():
+    """The shipped compact Mask R-CNN, or None when it is not there."""
+    from segcore.instances.maskrcnn import MaskRCNN
+
+    if not (MASKRCNN_DIR / "config.json").is_file():
+        return None
+    return MaskRCNN.load(MASKRCNN_DIR)
+
+
+@st.cache_data(max_entries=16, show_spinner="Detecting instances…")
+def detect_cached(key: str, slice_index: int | None, win: tuple, _display: np.ndarray) -> dict:
+    """Instances on the displayed (windowed) image, scaled to [0, 1] as the model was trained."""
+    return maskrcnn().detect(_display.astype(np.float32) / 255.0)

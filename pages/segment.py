@@ -11,7 +11,7 @@ from segcore.infer import entropy
 from segcore.io import CT_PRESETS
 from segcore.metrics import dice, iou
 from segcore.refine import RefineConfig, component_table
-from segcore.viz import contours, diff_image, nifti_bytes, overlay, png_bytes
+from segcore.viz import contours, diff_image, instances_image, nifti_bytes, overlay, png_bytes
 
 app_state.ensure_router()
 st.title("Segment & compare")
@@ -118,8 +118,9 @@ st.session_state["sc_display"] = display
 
 # ---------------------------------------------------------------- views
 vcols = st.columns([3, 1, 1])
-view = vcols[0].radio("View", ["Overlay", "Contours", "Side by side", "Difference"], horizontal=True,
-                      key="sc_view")
+views = ["Overlay", "Contours", "Side by side", "Difference"] + (["Instances"] if app_state.maskrcnn() else [])
+view = vcols[0].radio("View", views, horizontal=True, key="sc_view",
+                      help="Instances: the compact Mask R-CNN's objects, each in its own colour")
 alpha = vcols[1].slider("Opacity", 0.0, 1.0, 0.45, 0.05, key="sc_alpha")
 unc_kind = vcols[2].selectbox("Uncertainty layer", ["off", "entropy", "MC dropout"], key="sc_unc",
                               help="Entropy of the softmax (0..1), or the spread of the winning class's probability "
@@ -143,9 +144,37 @@ elif view == "Contours":
 elif view == "Side by side":
     panels = [("Scan", np.repeat(display[..., None], 3, -1)), ("Raw", overlay(display, raw, alpha)),
               ("Refined", overlay(display, refined, alpha))]
-else:
+elif view == "Difference":
     panels = [("Refined − raw (green added, red removed)", diff_image(display, raw, refined))]
+else:
+    det = app_state.detect_cached(key, slice_index, tuple(win), display)
+    panels = [(f"Instances ({len(det['scores'])}, Mask R-CNN)",
+               instances_image(display, det["masks"], det["boxes"], det["scores"], alpha)),
+              ("Refined (semantic)", overlay(display, refined, alpha))]
 st.plotly_chart(image_panels(panels, **hover), width="stretch", key="sc_fig")
+if view == "Instances":
+    from segcore.export import rle_encode
+
+    mr = app_state.maskrcnn()
+    st.caption("The instance model was trained on the instance phantoms (samples 'instances test/…', touching "
+               "lesion-like blobs); on other kinds of scan its detections are not meaningful.")
+    inst_rows = [{"instance": k + 1, "class": mr.config.class_names[int(c)], "score": round(float(s), 3),
+                  "box (x, y, w, h)": tuple(round(float(v), 1) for v in b), "area (px)": int(m.sum()),
+                  "area (mm²)": round(int(m.sum()) * spacing[0] * spacing[1], 1) if spacing else None}
+                 for k, (b, s, c, m) in enumerate(zip(det["boxes"], det["scores"], det["classes"], det["masks"]))]
+    counts = {n: sum(r["class"] == n for r in inst_rows) for n in mr.config.class_names[1:]}
+    st.markdown("**Instances per class:** " + ", ".join(f"{n}: {v}" for n, v in counts.items()))
+    st.dataframe(inst_rows, hide_index=True, width="stretch")
+    coco = {"images": [{"id": 1, "file_name": name, "height": int(display.shape[0]), "width": int(display.shape[1])}],
+            "categories": [{"id": i, "name": n} for i, n in enumerate(mr.config.class_names) if i],
+            "annotations": [{"id": k + 1, "image_id": 1, "category_id": int(c), "score": float(s), "iscrowd": 0,
+                             "bbox": [float(v) for v in b], "area": int(m.sum()), "segmentation": rle_encode(m)}
+                            for k, (b, s, c, m) in enumerate(zip(det["boxes"], det["scores"], det["classes"],
+                                                                 det["masks"]))]}
+    import json as _json
+
+    st.download_button("Instances (COCO JSON)", _json.dumps(coco), f"{name.split('.')[0]}_instances.json",
+                       "application/json", key="sc_dl_coco")
 
 legend = " · ".join(f":{c}[■] {n}" for c, n in zip(["gray", "green", "red", "blue", "orange", "violet"],
                                                     mconfig.class_names))

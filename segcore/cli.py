@@ -214,5 +214,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--radiomics", default="../shared/data/radiomics")
     p.set_defaults(func=lambda a: print(__import__("segcore.demo", fromlist=["x"]).write_demo_scans(a.out, a.radiomics)))
 
+    p = sub.add_parser("make-instance-data", help="regenerate sample_data/instances (touching/overlapping blobs)")
+    p.add_argument("--out", default="sample_data/instances")
+    p.set_defaults(func=lambda a: print(__import__("segcore.instances.data", fromlist=["x"]).write_instance_set(a.out)))
+
+    p = sub.add_parser("train-instances", help="train the compact Mask R-CNN on sample_data/instances")
+    p.add_argument("--data", default="sample_data/instances")
+    p.add_argument("--out", default="sample_data/models/maskrcnn")
+    p.add_argument("--steps", type=int, default=2500)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.set_defaults(func=lambda a: __import__("segcore.instances.train", fromlist=["x"]).train_maskrcnn(
+        a.data, a.out, steps=a.steps, batch_size=a.batch_size, learning_rate=a.lr) and 0)
+
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

@@ -11,7 +11,7 @@ import numpy as np
 
 from .io import Scan
 
-__all__ = ["PALETTE", "overlay", "contours", "diff_image", "to_rgb", "png_bytes", "save_label_nifti",
+__all__ = ["instances_image", "PALETTE", "overlay", "contours", "diff_image", "to_rgb", "png_bytes", "save_label_nifti",
            "nifti_bytes", "colorize"]
 
 # RGB per class (0 = background, unused)
@@ -97,3 +97,20 @@ def save_label_nifti(labels: np.ndarray, scan: Scan | None, path: str | Path) ->
     path = Path(path)
     path.write_bytes(nifti_bytes(labels, scan))
     return path
+
+
+def instances_image(gray_u8: np.ndarray, masks: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+                    alpha: float = 0.5) -> np.ndarray:
+    """Each instance in its own colour, with its box and score (boxes are x, y, w, h)."""
+    out = to_rgb(gray_u8).astype(np.float32)
+    rng = np.random.default_rng(7)
+    colours = rng.integers(70, 256, (max(len(masks), 1), 3)).astype(np.float32)
+    for m, c in zip(masks, colours):
+        out[m] = (1 - alpha) * out[m] + alpha * c
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    for k, (b, s, c) in enumerate(zip(boxes, scores, colours)):
+        x, y, w, h = (int(round(v)) for v in b)
+        col = tuple(int(v) for v in c)
+        cv2.rectangle(out, (x, y), (x + w, y + h), col, 1)
+        cv2.putText(out, f"{k + 1}:{s:.2f}", (x, max(y - 2, 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.3, col, 1, cv2.LINE_AA)
+    return out
