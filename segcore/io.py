@@ -72,6 +72,10 @@ _SAFE_DICOM_TAGS = (
 )
 
 
+def _size(n: float) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{int(n):,} bytes"
+
+
 class ScanError(ValueError):
     """A scan could not be read; the message says why and what is accepted."""
 
@@ -236,14 +240,12 @@ def load_scan(
             raise ScanError(f"No such file: '{path}'. Expected a path to a {ACCEPTED_FORMATS} file.")
         size = path.stat().st_size
         if size > max_bytes:
-            raise ScanError(
-                f"'{name}' is {size / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit."
-            )
+            raise ScanError(f"'{name}' is {_size(size)}, over the {_size(max_bytes)} limit.")
         data = path.read_bytes()
     if len(data) == 0:
         raise ScanError(f"'{name}' is empty (0 bytes). Expected a {ACCEPTED_FORMATS} file.")
     if len(data) > max_bytes:
-        raise ScanError(f"'{name}' is {len(data) / 1e6:.1f} MB, over the {max_bytes / 1e6:.0f} MB limit.")
+        raise ScanError(f"'{name}' is {_size(len(data))}, over the {_size(max_bytes)} limit.")
 
     kind = _kind_from_bytes(data, name)
     ext = "".join(Path(name).suffixes[-2:]).lower() if name.lower().endswith(".nii.gz") else Path(name).suffix.lower()
@@ -421,6 +423,8 @@ def _load_dicom(data: bytes, name: str, max_pixels: int) -> Scan:
         ts_name = getattr(ds.file_meta.TransferSyntaxUID, "name", tsuid) if tsuid else "unknown"
         hint = _DICOM_INSTALL_HINT.get(tsuid)
         extra = f" Install: pip install {hint}." if hint else ""
+        if "less than expected" in str(exc) or "truncat" in str(exc).lower():
+            extra = " The pixel data is shorter than the header declares: the file looks truncated."
         raise ScanError(
             f"'{name}': cannot decode DICOM pixel data with transfer syntax {ts_name} ({tsuid}).{extra} "
             f"Reason: {type(exc).__name__}: {exc}"

@@ -121,9 +121,15 @@ def test_segment_correct_finetune_promote(app_server, browser):
     page.keyboard.press("Enter")
     _wait_idle(page)
 
-    # upload a DICOM
     page.get_by_text("Upload", exact=True).click()
     _wait_idle(page)
+    # a bad upload is explained, not a traceback
+    page.locator("input[type=file]").set_input_files(
+        files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"these are notes, not an image"}])
+    page.get_by_text("Could not open").wait_for(timeout=30_000)
+    assert page.get_by_text("content is not a valid PNG").count() == 1
+    _no_exception(page)
+    # upload a DICOM
     t0 = time.perf_counter()
     page.locator("input[type=file]").set_input_files(str(ROOT / "sample_data" / "demo" / "phantom_ct_512.dcm"))
     page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
@@ -177,7 +183,8 @@ def test_segment_correct_finetune_promote(app_server, browser):
     page.get_by_role("link", name="Fine-tune").first.click()
     page.get_by_role("heading", name="Fine-tune").wait_for(timeout=30_000)
     _wait_idle(page)
-    page.get_by_text(meta["id"]).first.wait_for(timeout=30_000)  # the saved correction is offered for training
+    # the saved correction is offered for training (a chip in the "Train on" multiselect)
+    page.locator("[data-testid='stMultiSelect']").get_by_text(meta["id"]).wait_for(timeout=30_000)
     # the smallest learning rate keeps this one-stroke fine-tune within the promotion gate
     lr_box = page.locator("[data-testid='stSelectbox']", has_text="Learning rate").first
     lr_box.click()
