@@ -1,6 +1,5 @@
 """Fine-tune: train a copy of the active model on saved corrections, compare, promote or roll back."""
 
-import numpy as np
 import streamlit as st
 
 import app_state

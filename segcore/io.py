@@ -334,8 +334,7 @@ def _load_raster(data: bytes, name: str, kind: str, max_pixels: int) -> Scan:
                 frames.pop()
                 break
     arr = frames[0] if len(frames) == 1 else np.stack(frames)
-    dpi_spacing = None
-    return Scan(pixels=arr.astype(np.float32), spacing=dpi_spacing)
+    return Scan(pixels=arr.astype(np.float32))
 
 
 def _flatten_rgba(arr: np.ndarray) -> np.ndarray:

@@ -161,7 +161,6 @@ def _custom_loop(model, train_ds, val_ds, *, num_classes, epochs, steps_per_epoc
         train_vars = model.trainable_variables + extra_vars
         optimizer.build(train_vars)
     dist_train = strategy.experimental_distribute_dataset(train_ds)
-    global_batch = None
 
     def step(x, y):
         with tf.GradientTape() as tape:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np

@@ -1,6 +1,5 @@
 """Page logic with Streamlit's AppTest (no browser)."""
 
-import os
 from pathlib import Path
 
 import pytest

@@ -71,3 +71,10 @@ def test_cli_predict_and_evaluate(tmp_path, root):
     ev = json.loads((tmp_path / "ev.json").read_text())
     assert ev["n_images"] == 30 and ev["mean_foreground_dice"] >= 0.90
     assert "mean foreground dice" in r.stdout
+
+
+def test_ruff_finds_no_errors(root):
+    """Undefined names, unused imports/variables and syntax errors (pyflakes rules) anywhere in the project."""
+    r = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "F,E9", "segcore", "pages", "app.py",
+                        "app_state.py", "bench", "tests"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:]

@@ -101,17 +101,16 @@ def test_tampering_is_detected(tmp_path):
     cid = st.add_case(sid, b"x", "x.png", raw, ref)
     st.record_verdict(cid, "Dr A", "reject", reason_code="artefact")
     assert st.verify_audit() == 3
-    db = tmp_path / "review.db"
-    con = sqlite3.connect(db)
-    con.execute("UPDATE audit_log SET payload = replace(payload, 'reject', 'accept') WHERE id = 3")
-    con.commit()
-    con.close()
+    def tamper(sql):  # edit the database behind the store's back
+        con = sqlite3.connect(tmp_path / "review.db")
+        con.execute(sql)
+        con.commit()
+        con.close()
+
+    tamper("UPDATE audit_log SET payload = replace(payload, 'reject', 'accept') WHERE id = 3")
     with pytest.raises(AuditError, match="record 3 was modified"):
         ReviewStore(data_dir=tmp_path).verify_audit()
-    con = sqlite3.connect(db)
-    con.execute("DELETE FROM audit_log WHERE id = 2")
-    con.commit()
-    con.close()
+    tamper("DELETE FROM audit_log WHERE id = 2")
     with pytest.raises(AuditError, match="chain broken"):
         ReviewStore(data_dir=tmp_path).verify_audit()
 
@@ -120,7 +119,6 @@ def test_migrations_upgrade_keeps_data(tmp_path):
     from segcore import review
 
     # a database created by schema version 1 (before the 'region' column)
-    st = ReviewStore.__new__(ReviewStore)
     orig = review.MIGRATIONS
     review.MIGRATIONS = orig[:1]
     try:
@@ -136,7 +134,6 @@ def test_migrations_upgrade_keeps_data(tmp_path):
     assert "region" in [r[1] for r in con.execute("PRAGMA table_info(verdicts)")]
     con.close()
     assert new.verify_audit() == 1
-    del st
 
 
 WRITER = r"""

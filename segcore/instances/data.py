@@ -66,7 +66,6 @@ def make_instance_phantom(seed: int, size: int = 128, max_objects: int = 9):
 
 def write_instance_set(out_dir, counts=None, size: int = 128, seed: int = 4242) -> dict:
     """PNG images (uint8), PNG instance-id maps (uint16) and a COCO JSON per split."""
-    from ..export import coco_instances  # noqa: F401  (COCO RLE written below via rle_encode)
     from ..export import rle_encode
 
     counts = counts or DEFAULT_COUNTS
