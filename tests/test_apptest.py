@@ -39,6 +39,13 @@ def test_switch_views_and_refinement_controls():
     for view in ("Contours", "Side by side", "Difference"):
         at.radio(key="sc_view").set_value(view).run()
         assert not at.exception, at.exception
+    for kind in ("entropy", "MC dropout"):
+        at.selectbox(key="sc_unc").set_value(kind).run()
+        assert not at.exception, at.exception
+        assert not at.warning or all("Dropout" not in w.value for w in at.warning)  # the default model has dropout
+    at.radio(key="sc_view").set_value("Instances").run()
+    assert not at.exception, at.exception
+    assert any("Instances per class" in m.value for m in at.markdown)
     at.checkbox(key="sc_crf_on").uncheck().run()
     at.checkbox(key="sc_open_on").check().run()
     at.slider(key="sc_open_k").set_value(7).run()
