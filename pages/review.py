@@ -26,7 +26,7 @@ names = mconfig.class_names
 def build_case(data: bytes, name: str, sid: int) -> None:
     """Segment and refine one scan (middle slice for volumes) and queue it."""
     from segcore.infer import entropy, predict_proba
-    from segcore.io import ScanError, auto_window, load_scan, window
+    from segcore.io import ScanError, load_scan
     from segcore.refine import RefineConfig, Refiner
 
     try:
@@ -35,9 +35,8 @@ def build_case(data: bytes, name: str, sid: int) -> None:
         st.error(f"Skipped {name}: {exc}")
         return
     idx = scan.num_slices // 2 if scan.is_volume else None
-    img = scan.slice(0, idx) if scan.is_volume else scan.slice()
-    win = scan.default_window or auto_window(img)
-    disp = window(img if img.ndim == 2 else img.mean(-1), *win)
+    img = scan.slice(0, idx)
+    disp = scan.default_display(img)
     probs = predict_proba(model, img, mconfig)
     spacing = scan.slice_spacing(0) if scan.spacing else None
     refined = Refiner(RefineConfig()).run(disp, probs, spacing).labels
@@ -103,11 +102,11 @@ with tab_review:
     timer_key = f"sc_rv_t0_{case.id}"
     st.session_state.setdefault(timer_key, time.time())
 
-    from segcore.io import auto_window, load_scan, window
+    from segcore.io import load_scan
 
     scan = load_scan(store.scan_bytes(case.id), case.scan_name)
-    img = scan.slice(0, case.slice_index) if scan.is_volume else scan.slice()
-    disp = window(img if img.ndim == 2 else img.mean(-1), *(scan.default_window or auto_window(img)))
+    img = scan.slice(0, case.slice_index)
+    disp = scan.default_display(img)
     raw, refined = store.mask(case.id, "raw"), store.mask(case.id, "refined")
     st.plotly_chart(image_panels([("Raw", overlay(disp, raw)), ("Refined (model)", overlay(disp, refined))],
                                  pixel_values=img if img.ndim == 2 else img.mean(-1), raw=raw, refined=refined,

@@ -56,7 +56,7 @@ slice_index = None
 if scan.is_volume:
     slice_index = st.slider("Slice", 0, scan.num_slices - 1, scan.num_slices // 2, key=f"sc_slice_{key[:8]}")
 st.session_state["sc_slice"] = slice_index
-image = scan.slice(0, slice_index) if scan.is_volume else scan.slice()
+image = scan.slice(0, slice_index)
 spacing = scan.slice_spacing(0) if scan.spacing else None
 
 # ---------------------------------------------------------------- display window

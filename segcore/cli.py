@@ -65,8 +65,7 @@ def _cmd_train(args) -> int:
         from .losses import class_weights_from_masks
 
         # square-rooted inverse frequency: the rare lesion class is boosted without swamping the rest
-        inv = np.asarray(class_weights_from_masks([load_mask(p) for p in tr_m], config.num_classes))
-        weights = [float(v) for v in np.sqrt(inv) / np.sqrt(inv).mean()]
+        weights = class_weights_from_masks([load_mask(p) for p in tr_m], config.num_classes, power=0.5)
     loss = get_loss(args.loss, class_weights=weights)
     t0 = time.perf_counter()
 

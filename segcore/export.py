@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .io import ScanError, load_scan, window, auto_window
+from .io import ScanError, load_scan
 from .refine import label_components
 from .review import ReviewStore
 from .viz import nifti_bytes, overlay, png_bytes
@@ -66,9 +66,7 @@ def _display(scan_bytes: bytes, name: str, slice_index):
         scan = load_scan(scan_bytes, name)
     except ScanError:
         return None, None
-    img = scan.slice(0, slice_index) if scan.is_volume else scan.slice()
-    win = scan.default_window or auto_window(img)
-    return scan, window(img if img.ndim == 2 else img.mean(-1), *win)
+    return scan, scan.default_display(scan.slice(0, slice_index))
 
 
 def export_session(store: ReviewStore, session_id: int, class_names: Sequence[str]) -> bytes:

@@ -146,6 +146,11 @@ class Scan:
             raise ScanError(f"Slice index {index} is out of range for axis {axis} with {n} slices.")
         return np.take(self.pixels, index, axis=axis)
 
+    def default_display(self, image: np.ndarray) -> np.ndarray:
+        """``image`` (a slice of this scan) as uint8 grayscale in the file's window, else a percentile window."""
+        gray = image if image.ndim == 2 else image.mean(-1)
+        return window(gray, *(self.default_window or auto_window(gray)))
+
     def slice_spacing(self, axis: int = 0) -> tuple[float, float] | None:
         """In-plane spacing (mm) of slices taken along ``axis``."""
         if self.spacing is None:

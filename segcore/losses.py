@@ -85,7 +85,7 @@ class WeightedCrossEntropy(CrossEntropy):
         return {**super().get_config(), "class_weights": self.class_weights}
 
 
-def class_weights_from_masks(masks, num_classes: int, *, normalise: bool = True) -> list[float]:
+def class_weights_from_masks(masks, num_classes: int, *, normalise: bool = True, power: float = 1.0) -> list[float]:
     """Inverse class frequency weights from label maps.
 
     Parameters
@@ -95,12 +95,15 @@ def class_weights_from_masks(masks, num_classes: int, *, normalise: bool = True)
     num_classes : int
     normalise : bool
         Scale so that the weights average to 1 over classes.
+    power : float
+        Damping exponent: ``0.5`` gives square-rooted inverse frequencies (what
+        the default model was trained with), ``1.0`` plain inverse frequencies.
 
     Returns
     -------
     list of float
-        ``total / (num_classes * count_c)``; classes never seen get the largest
-        weight observed.
+        ``(total / (num_classes * count_c)) ** power``; classes never seen get
+        the largest weight observed.
 
     Examples
     --------
@@ -121,6 +124,7 @@ def class_weights_from_masks(masks, num_classes: int, *, normalise: bool = True)
     w = np.zeros(num_classes)
     w[seen] = total / (num_classes * counts[seen])
     w[~seen] = w[seen].max()
+    w = w**power
     if normalise:
         w = w / w.mean()
     return [float(v) for v in w]

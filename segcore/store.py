@@ -159,7 +159,7 @@ class Workspace:
 
         c = correction if isinstance(correction, Correction) else self._correction_from_dir(self.corrections_dir / correction)
         scan = load_scan(c.scan_path, name=c.scan_name)
-        image = scan.slice(0, c.slice_index) if scan.is_volume else scan.slice()
+        image = scan.slice(0, c.slice_index)
         mask = cv2.imread(str(c.mask_path), cv2.IMREAD_UNCHANGED)
         return image, mask
 

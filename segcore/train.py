@@ -337,11 +337,9 @@ def fine_tune(
     new = clone_model(model)
     if loss is None:
         # the loss the default model was trained with: sqrt-inverse-frequency weighted CE + batch Dice
-        from .losses import WeightedCrossEntropy, class_weights_from_masks
+        from .losses import class_weights_from_masks, get_loss
 
-        inv = np.asarray(class_weights_from_masks(y, config.num_classes))
-        loss = CombinedLoss([WeightedCrossEntropy(list(np.sqrt(inv) / np.sqrt(inv).mean())),
-                             DiceLoss(include_background=False, batch=True)])
+        loss = get_loss("wce_batch_dice", class_weights=class_weights_from_masks(y, config.num_classes, power=0.5))
     history = train(new, ds, None, num_classes=config.num_classes, epochs=epochs, learning_rate=learning_rate,
                     progress=progress, loss=loss)
     result: dict = {"history": history}

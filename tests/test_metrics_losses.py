@@ -121,6 +121,8 @@ def test_combined_and_uncertainty_losses():
 def test_class_weights_from_masks():
     m = np.array([[0, 0, 0, 1]])
     assert L.class_weights_from_masks(m, 2, normalise=False) == pytest.approx([4 / 6, 2.0])
+    inv = np.array([4 / 6, 2.0])
+    assert L.class_weights_from_masks(m, 2, power=0.5) == pytest.approx(np.sqrt(inv) / np.sqrt(inv).mean())
     with pytest.raises(ValueError, match=r"labels must be in \[0, 1\]"):
         L.class_weights_from_masks(np.array([[0, 2]]), 2)
 
