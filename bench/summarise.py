@@ -118,6 +118,21 @@ def main():
                 f"| {app['upload_samples_s']} | ≤ 3 s |",
                 f"| refinement slider change → re-rendered | {app['slider_rerender_s_median']} s | "
                 f"{app['slider_samples_s']} | ≤ 1 s |", "", f"{app['note']}. Command: `{app['command']}`.", ""]
+    hostile = load("hostile.json")
+    if hostile:
+        out += ["## Hostile uploads (peak memory while refusing)", "",
+                "Each reproducer from issue #10, loaded by `load_scan` in a fresh process; peak = VmHWM of that "
+                "process (baseline = after imports and reading the upload). Budget: 1 GiB decoded "
+                "(`SEGCORE_MAX_DECODED_BYTES`); target: peak < 1.5 GB while refusing any bomb.", "",
+                "| upload | bytes | outcome | peak MB | baseline MB | seconds |", "|---|---|---|---|---|---|"]
+        for r in hostile["reproducers"]:
+            out.append(f"| {r['case']} | {r['upload_bytes']:,} | {r['outcome']} | {r['peak_mb']} | "
+                       f"{r['baseline_mb']} | {r['seconds']} |")
+        fz = hostile["fuzz"]
+        out += ["", f"Mutation fuzz: {fz['mutations']} seeded corruptions (seed {fz['seed']}) of "
+                f"{len(fz['sources'])} real sample files: {fz['counts']['loaded']} loaded as valid scans, "
+                f"{fz['counts']['ScanError']} refused with a ScanError, {fz['counts']['other']} other outcomes "
+                f"(crashes or contract violations), in {fz['seconds']} s. Command: `{hostile['command']}`.", ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(out))
     print("\n".join(out))
 

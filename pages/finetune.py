@@ -90,7 +90,8 @@ if go:
         st.stop()
     with st.spinner("Evaluating the current version on the same held-out set…"):
         base_eval = evaluate_model(model, config, eval_imgs, eval_masks)
-    metrics = {"held_out": res["eval"], "baseline_held_out": base_eval, "history": res["history"],
+    metrics = {"held_out": res["eval"], "baseline_held_out": base_eval, "baseline_version": active,
+               "history": res["history"],
                "held_out_cases": held_ids, "n_test_images": len(test_imgs),
                "settings": {"epochs": epochs, "learning_rate": float(lr), "replay_per_case": replay_n}}
     import copy
@@ -126,7 +127,7 @@ if cand and cand in versions and cand != ws.active_version():
                  "held-out set; it cannot be promoted.")
     if st.button(f"Promote {cand}", type="primary", disabled=regress, key="sc_promote"):
         try:
-            ws.promote(cand, baseline=b, candidate=c)
+            ws.promote(cand)
         except ValueError as exc:
             st.error(str(exc))
         else:

@@ -128,18 +128,16 @@ with tab_review:
         py = pcols[2].number_input("y (row)", 0, int(raw.shape[0]) - 1, int(raw.shape[0]) // 2)
         submit = st.form_submit_button("Record verdict and go to the next case", type="primary")
     if submit:
-        try:
-            vid = store.record_verdict(case.id, reviewer, verdict, mask=corrected, reason_code=reason,
-                                       comment=comment, point=(px, py) if use_point else None,
-                                       seconds_spent=time.time() - st.session_state[timer_key],
-                                       spacing=case.spacing)
-        except ValueError as exc:
+        from segcore.review import submit_verdict
+
+        try:  # the verdict and (unless rejected) the correction for fine-tuning, in a safe order
+            vid, _ = submit_verdict(store, ws, case.id, reviewer, verdict, model_version=version, mask=corrected,
+                                    class_names=names, reason_code=reason, comment=comment,
+                                    point=(px, py) if use_point else None,
+                                    seconds_spent=time.time() - st.session_state[timer_key], spacing=case.spacing)
+        except (ValueError, OSError) as exc:
             st.error(f"Not recorded: {exc}")
         else:
-            if verdict != "reject":  # accepted masks feed fine-tuning
-                ws.save_correction(store.scan_bytes(case.id), case.scan_name, store.accepted_mask(vid),
-                                   author=reviewer, model_version=version, source="refined",
-                                   slice_index=case.slice_index, note=f"review session {sid}, verdict {vid}")
             st.session_state.pop(timer_key, None)
             st.toast(f"Recorded {verdict.replace('_', ' ')} for case #{case.id}")
             st.rerun()

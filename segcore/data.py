@@ -10,34 +10,11 @@ import numpy as np
 import tensorflow as tf
 
 from .io import load_scan
+from .labels import list_pairs, load_mask
 from .infer import preprocess
 from .models import ModelConfig
 
-__all__ = ["list_pairs", "load_pair", "load_split", "make_dataset", "augment"]
-
-
-def list_pairs(folder: str | Path) -> tuple[list[Path], list[Path]]:
-    """Images in ``folder/images`` with a same-named mask in ``folder/masks``."""
-    folder = Path(folder)
-    img_dir, mask_dir = folder / "images", folder / "masks"
-    if not img_dir.is_dir() or not mask_dir.is_dir():
-        raise FileNotFoundError(f"Expected '{img_dir}' and '{mask_dir}' folders with same-named files.")
-    images = sorted(p for p in img_dir.iterdir() if p.is_file() and not p.name.startswith("."))
-    pairs = [(p, mask_dir / p.name) for p in images if (mask_dir / p.name).is_file()]
-    if not pairs:
-        raise FileNotFoundError(f"No image/mask pairs with matching names in '{folder}'.")
-    return [a for a, _ in pairs], [b for _, b in pairs]
-
-
-def load_mask(path: str | Path, num_classes: int | None = None) -> np.ndarray:
-    m = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if m is None:
-        raise ValueError(f"Could not read mask '{path}': expected a PNG label map.")
-    if m.ndim == 3:
-        m = m[..., 0]
-    if num_classes is not None and m.max() >= num_classes:
-        raise ValueError(f"Mask '{path}' has label {m.max()} but the model has {num_classes} classes.")
-    return m.astype(np.uint8)
+__all__ = ["list_pairs", "load_mask", "load_pair", "load_split", "make_dataset", "augment"]
 
 
 def load_pair(image_path, mask_path, config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:

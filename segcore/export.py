@@ -18,7 +18,44 @@ from .refine import label_components
 from .review import ReviewStore
 from .viz import nifti_bytes, overlay, png_bytes
 
-__all__ = ["rle_encode", "rle_decode", "coco_instances", "export_session"]
+__all__ = ["rle_encode", "rle_decode", "coco_instances", "export_session", "slug", "csv_safe"]
+
+
+def slug(text: str, max_len: int = 40) -> str:
+    """A file-name part made only of ``[A-Za-z0-9._-]``: no separators, no ``..``, never empty.
+
+    Examples
+    --------
+    >>> slug("/../../../tmp/x")
+    'tmp_x'
+    >>> slug("Dr. A. Rivera")
+    'Dr._A._Rivera'
+    >>> slug("..")
+    'unnamed'
+    """
+    import re
+
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", str(text))
+    s = re.sub(r"\.{2,}", ".", s).strip("._-")
+    return s[:max_len].strip("._-") or "unnamed"
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value):
+    """Neutralise spreadsheet formula injection: text starting with = + - @ tab or CR gets a leading quote.
+
+    Examples
+    --------
+    >>> csv_safe("=1+2")
+    "'=1+2"
+    >>> csv_safe(-1.5), csv_safe("ok")
+    (-1.5, 'ok')
+    """
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 def rle_encode(binary: np.ndarray) -> dict:
@@ -96,7 +133,7 @@ def export_session(store: ReviewStore, session_id: int, class_names: Sequence[st
                          "created_at": str(v["created_at"])})
             scan, disp = _display(store.scan_bytes(case.id), case.scan_name, case.slice_index)
             mask = store.accepted_mask(v["id"])
-            stem = f"case{case.id:04d}_{v['reviewer'].replace(' ', '_')}_v{v['id']}"
+            stem = f"case{case.id:04d}_{slug(v['reviewer'])}_v{v['id']}"
             if v["verdict"] != "reject":
                 z.writestr(f"masks/{stem}.png", png_bytes(mask))
                 if scan is not None and scan.affine is not None and scan.is_volume:
@@ -117,7 +154,7 @@ def export_session(store: ReviewStore, session_id: int, class_names: Sequence[st
         if rows:
             w = csv.DictWriter(out, fieldnames=list(rows[0]))
             w.writeheader()
-            w.writerows(rows)
+            w.writerows({k: csv_safe(x) for k, x in r.items()} for r in rows)
         z.writestr("verdicts.csv", out.getvalue())
         z.writestr("report.html", _html(sess, rows, report))
         z.writestr("audit_log.json", json.dumps(store.audit_records(), default=str, indent=1))

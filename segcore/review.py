@@ -1,4 +1,4 @@
-"""Clinician review sessions: cases, immutable mask versions, verdicts and a hash-chained audit trail.
+"""Clinician review sessions: cases, immutable mask versions, verdicts and a keyed, tamper-evident audit trail.
 
 Stored with SQLAlchemy in an embedded SQLite file by default
 (``<data dir>/review.db``) or any database URL given as ``SEGCORE_DB_URL``
@@ -6,10 +6,26 @@ Stored with SQLAlchemy in an embedded SQLite file by default
 are applied in order inside transactions, so upgrading keeps existing data.
 
 Every write is one transaction: either the verdict, its mask and its audit
-record are all stored, or none is. Mask versions are only ever inserted, never
-updated. The audit trail is append-only; each record stores the SHA-256 of
-the previous record's hash and its own canonical JSON payload, so
-:meth:`ReviewStore.verify_audit` detects any edited, deleted or reordered row.
+record are all stored, or none is. Writers are serialised (SQLite
+``BEGIN IMMEDIATE``; on other databases a ``SELECT ... FOR UPDATE`` of the
+audit head row), so concurrent processes never fork the chain or duplicate
+case positions.
+
+What the audit proves
+---------------------
+Each audit record names the rows its transaction wrote (table, id and the
+SHA-256 of the row's canonical content; byte columns -- scan bytes, mask PNGs --
+enter as the SHA-256 of the stored bytes) and is chained to the previous
+record with an HMAC-SHA256 under a key kept **outside the database**
+(``SEGCORE_AUDIT_KEY``, else the key file ``SEGCORE_AUDIT_KEY_FILE`` or
+``<data dir>/audit.key``, created with 0600 permissions). A signed head row
+holds the number of records and the last MAC. :meth:`ReviewStore.verify_audit`
+recomputes everything and reports, by table and id, any row that was edited,
+deleted or inserted behind the application's back, any audit record that was
+edited, removed or reordered, a truncated tail, and a chain recomputed without
+the key. It cannot detect a rollback of the whole database (rows, log and head
+together) to an earlier consistent state, nor anything done by someone who
+holds the key; see SECURITY.md.
 """
 
 from __future__ import annotations
@@ -17,16 +33,22 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import hmac
 import json
 import os
+import secrets
+import stat
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
-import cv2
 import numpy as np
 from sqlalchemy import (Column, DateTime, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text,
-                        create_engine, event, func, insert, select, text)
+                        create_engine, event, insert, inspect, select, text, update)
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+
+from .labels import decode_png, png_bytes
 
 __all__ = [
     "ReviewStore",
@@ -35,6 +57,8 @@ __all__ = [
     "AuditError",
     "MIGRATIONS",
     "SCHEMA_VERSION",
+    "audit_key",
+    "Case",
 ]
 
 VERDICTS = ("accept", "accept_with_edits", "reject")
@@ -100,6 +124,7 @@ verdicts = Table(
     Column("seconds_spent", Float, nullable=False),
     Column("metrics", Text, nullable=False, default="{}"),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("region", Text, nullable=True, default=""),
 )
 audit = Table(
     "audit_log", metadata,
@@ -107,7 +132,25 @@ audit = Table(
     Column("payload", Text, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    Column("scheme", Integer, nullable=False, default=2),  # 1: SHA-256 chain (schema < 3), 2: HMAC-SHA256
 )
+audit_head = Table(
+    "audit_head", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("last_hash", String(64), nullable=False),
+    Column("mac", String(64), nullable=False),
+)
+
+# the rows the audit vouches for, with their table objects
+AUDITED = {"review_sessions": sessions, "review_cases": cases, "mask_versions": mask_versions, "verdicts": verdicts}
+GENESIS = "0" * 64
+
+
+# ------------------------------------------------------------------ migrations
+
+def _columns(conn, table: str) -> set[str]:
+    return {c["name"] for c in inspect(conn).get_columns(table)}
 
 
 def _m1(conn) -> None:
@@ -116,41 +159,101 @@ def _m1(conn) -> None:
 
 def _m2(conn) -> None:
     # v2: reviewers can attach a free-text region description to a verdict
-    cols = {c["name"] for c in __import__("sqlalchemy").inspect(conn).get_columns("verdicts")}
-    if "region" not in cols:
+    if "region" not in _columns(conn, "verdicts"):
         conn.execute(text("ALTER TABLE verdicts ADD COLUMN region TEXT DEFAULT ''"))
 
 
-MIGRATIONS = [_m1, _m2]
+def _m3(conn) -> None:
+    # v3: keyed audit (scheme column, signed head), unique case positions
+    if "scheme" not in _columns(conn, "audit_log"):
+        conn.execute(text("ALTER TABLE audit_log ADD COLUMN scheme INTEGER NOT NULL DEFAULT 1"))
+    metadata.create_all(conn, tables=[audit_head])
+    # positions duplicated by concurrent writers before v3: renumber each session in (position, id) order
+    rows = conn.execute(select(cases.c.id, cases.c.session_id).order_by(
+        cases.c.session_id, cases.c.position, cases.c.id)).all()
+    counters: dict[int, int] = {}
+    for cid, sid in rows:
+        conn.execute(update(cases).where(cases.c.id == cid).values(position=-1 - cid))  # avoid transient clashes
+    for cid, sid in rows:
+        pos = counters.get(sid, 0)
+        conn.execute(update(cases).where(cases.c.id == cid).values(position=pos))
+        counters[sid] = pos + 1
+    conn.execute(text("CREATE UNIQUE INDEX IF NOT EXISTS ux_review_cases_session_position "
+                      "ON review_cases (session_id, position)"))
+
+
+MIGRATIONS = [_m1, _m2, _m3]
 SCHEMA_VERSION = len(MIGRATIONS)
-GENESIS = "0" * 64
 
 
 class AuditError(RuntimeError):
-    """The audit trail does not verify: a record was edited, removed or reordered."""
+    """The audit trail does not verify: the message names each row or record that is wrong."""
 
+
+# ------------------------------------------------------------------ helpers
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
-
-
-def _png(mask: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", np.asarray(mask).astype(np.uint8))
-    if not ok:
-        raise ValueError("Could not encode the mask as PNG.")
-    return buf.tobytes()
-
-
-def _unpng(data: bytes) -> np.ndarray:
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
 
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _canonical(payload: dict) -> str:
+def _canonical(payload: Any) -> str:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _canon_value(v: Any) -> Any:
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return "sha256:" + _sha(bytes(v))
+    if isinstance(v, dt.datetime):
+        v = v.replace(tzinfo=dt.timezone.utc) if v.tzinfo is None else v.astimezone(dt.timezone.utc)
+        return v.isoformat()
+    if isinstance(v, float):
+        return repr(v)
+    return v
+
+
+def row_digest(table: str, row: Mapping[str, Any]) -> str:
+    """SHA-256 of a row's canonical content (byte columns by the SHA-256 of their bytes)."""
+    return _sha(_canonical({"table": table, **{k: _canon_value(v) for k, v in row.items()}}).encode())
+
+
+def audit_key(data_dir: str | Path | None = None) -> bytes:
+    """The audit MAC key: ``SEGCORE_AUDIT_KEY``, else a key file created once with 0600 permissions.
+
+    The key file is ``SEGCORE_AUDIT_KEY_FILE`` or ``<data dir>/audit.key``: it lives outside the
+    database, so a copy of the database alone cannot be re-signed.
+    """
+    env = os.environ.get("SEGCORE_AUDIT_KEY", "")
+    if env:
+        if len(env) < 16:
+            raise ValueError("SEGCORE_AUDIT_KEY must be at least 16 characters (use e.g. 32 random hex bytes).")
+        return env.encode()
+    from .store import default_data_dir
+
+    path = Path(os.environ.get("SEGCORE_AUDIT_KEY_FILE") or Path(data_dir or default_data_dir()) / "audit.key")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            try:
+                os.chmod(path, 0o600)
+            except PermissionError as exc:
+                raise ValueError(f"The audit key file '{path}' is readable by others (mode {mode:o}) and cannot be "
+                                 "restricted to 0600; fix its permissions.") from exc
+        key = path.read_bytes().strip()
+        if len(key) < 16:
+            raise ValueError(f"The audit key file '{path}' is empty or too short; restore it from backup.")
+        return key
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_hex(32).encode())
+        f.flush()
+        os.fsync(f.fileno())
+    return path.read_bytes().strip()
 
 
 @dataclasses.dataclass
@@ -164,6 +267,10 @@ class Case:
     spacing: tuple | None
 
 
+def _mask_png(mask: np.ndarray) -> bytes:
+    return png_bytes(np.asarray(mask).astype(np.uint8))
+
+
 class ReviewStore:
     """Review sessions in a database (SQLite file by default).
 
@@ -172,28 +279,51 @@ class ReviewStore:
     url : str, optional
         SQLAlchemy URL; defaults to ``SEGCORE_DB_URL`` or ``sqlite:///<data_dir>/review.db``.
     data_dir : str or Path, optional
-        Where the SQLite file lives when no URL is given.
+        Where the SQLite file (and, by default, the audit key file) lives.
+    key : bytes, optional
+        Audit MAC key (default: :func:`audit_key`).
     """
 
-    def __init__(self, url: str | None = None, data_dir: str | Path | None = None):
+    def __init__(self, url: str | None = None, data_dir: str | Path | None = None, *, key: bytes | None = None):
+        from .store import default_data_dir
+
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         if url is None:
             url = os.environ.get("SEGCORE_DB_URL")
         if url is None:
-            d = Path(data_dir or os.environ.get("SEGCORE_DATA_DIR", "segcore_data"))
-            d.mkdir(parents=True, exist_ok=True)
-            url = f"sqlite:///{(d / 'review.db').resolve()}"
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{(self.data_dir / 'review.db').resolve()}"
         self.url = url
+        self._key = key if key is not None else audit_key(self.data_dir)
         self.engine: Engine = create_engine(url, future=True)
         if self.engine.dialect.name == "sqlite":
             @event.listens_for(self.engine, "connect")
             def _pragmas(dbapi_conn, _):  # durable, concurrent readers, enforced foreign keys
+                dbapi_conn.isolation_level = None  # transactions are begun below, not by pysqlite
                 cur = dbapi_conn.cursor()
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA synchronous=FULL")
                 cur.execute("PRAGMA foreign_keys=ON")
-                cur.execute("PRAGMA busy_timeout=10000")
+                cur.execute("PRAGMA busy_timeout=30000")
                 cur.close()
+
+            @event.listens_for(self.engine, "begin")
+            def _begin(conn):  # writers take the write lock up front: no lost updates between read and write
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("segcore_write")
+                                     else "BEGIN")
         self.migrate()
+
+    # ------------------------------------------------------------ transactions
+    @contextmanager
+    def _write(self):
+        """One serialised write transaction (yields the connection); the audit head row is locked first."""
+        with self.engine.connect().execution_options(segcore_write=True) as conn:
+            with conn.begin():
+                conn.execute(select(audit_head.c.id).where(audit_head.c.id == 1).with_for_update()).first()
+                yield conn
+
+    def _mac(self, message: str) -> str:
+        return hmac.new(self._key, message.encode(), hashlib.sha256).hexdigest()
 
     # ------------------------------------------------------------ schema
     def schema_version(self) -> int:
@@ -204,52 +334,140 @@ class ReviewStore:
             return int(v or 0)
 
     def migrate(self) -> int:
-        """Apply pending migrations, each in its own transaction; returns the schema version."""
+        """Apply pending migrations, each in its own transaction; returns the schema version.
+
+        Upgrading to v3 appends one keyed audit record that vouches for every row present at that moment.
+        """
         current = self.schema_version()
         for i, step in enumerate(MIGRATIONS[current:], start=current + 1):
-            with self.engine.begin() as conn:
+            with self.engine.connect().execution_options(segcore_write=True) as conn, conn.begin():
                 step(conn)
                 conn.execute(schema_info.delete())
                 conn.execute(insert(schema_info).values(version=i))
+                if i == 3:
+                    self._anchor_existing(conn)
         return self.schema_version()
 
+    def _anchor_existing(self, conn) -> None:
+        rows = []
+        for name, table in AUDITED.items():
+            for r in conn.execute(select(table).order_by(table.c.id)).mappings():
+                rows.append([name, int(r["id"]), row_digest(name, r)])
+        n = conn.execute(select(audit.c.id)).all()
+        if not rows and not n:
+            return
+        self._append_audit(conn, "audit_anchored", rows, who="migration",
+                           note="schema v3: rows existing before the keyed audit")
+
     # ------------------------------------------------------------ audit
-    def _append_audit(self, conn, event_name: str, **fields: Any) -> None:
-        prev = conn.execute(select(audit.c.hash).order_by(audit.c.id.desc()).limit(1)).scalar() or GENESIS
-        payload = {"event": event_name, "at": _now().isoformat(), **fields}
+    def _digest_rows(self, conn, table: Table, ids: Iterable[int]) -> list[list]:
+        out = []
+        for rid in ids:
+            r = conn.execute(select(table).where(table.c.id == rid)).mappings().one()
+            out.append([table.name, int(rid), row_digest(table.name, r)])
+        return out
+
+    def _append_audit(self, conn, event_name: str, rows: list[list], **fields: Any) -> None:
+        last = conn.execute(select(audit.c.hash).order_by(audit.c.id.desc()).limit(1)).scalar() or GENESIS
+        count = conn.execute(select(audit.c.id)).all()
+        payload = {"event": event_name, "at": _now().isoformat(), "rows": rows, **fields}
         body = _canonical(payload)
-        conn.execute(insert(audit).values(payload=body, prev_hash=prev, hash=_sha((prev + body).encode())))
+        mac = self._mac(last + body)
+        conn.execute(insert(audit).values(payload=body, prev_hash=last, hash=mac, scheme=2))
+        n = len(count) + 1
+        head = {"count": n, "last_hash": mac, "mac": self._mac(f"head:{n}:{mac}")}
+        if conn.execute(update(audit_head).where(audit_head.c.id == 1).values(**head)).rowcount == 0:
+            conn.execute(insert(audit_head).values(id=1, **head))
 
     def audit_records(self) -> list[dict]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(audit).order_by(audit.c.id)).mappings().all()
         return [{"id": r["id"], **json.loads(r["payload"]), "hash": r["hash"]} for r in rows]
 
-    def verify_audit(self) -> int:
-        """Recompute the chain; returns the number of records, raises :class:`AuditError` on tampering."""
-        prev = GENESIS
-        n = 0
+    def audit_problems(self) -> list[str]:
+        """Every problem found by recomputing the audit trail and cross-checking each row (empty when it verifies)."""
+        problems: list[str] = []
+        recorded: dict[tuple[str, int], tuple[str, int]] = {}
+        prev, n, keyed_seen = GENESIS, 0, False
         with self.engine.connect() as conn:
             for r in conn.execute(select(audit).order_by(audit.c.id)).mappings():
-                if r["prev_hash"] != prev:
-                    raise AuditError(f"Audit record {r['id']} does not follow record before it (chain broken).")
-                if _sha((prev + r["payload"]).encode()) != r["hash"]:
-                    raise AuditError(f"Audit record {r['id']} was modified: its hash does not match its content.")
-                prev = r["hash"]
                 n += 1
-        return n
+                rid, body = r["id"], r["payload"]
+                if r["prev_hash"] != prev:
+                    problems.append(f"audit record {rid} does not follow the record before it (chain broken: a "
+                                    "record was deleted, inserted or reordered)")
+                if r["scheme"] == 1:
+                    if keyed_seen:
+                        problems.append(f"audit record {rid} is an unkeyed record after keyed ones (forged)")
+                    ok = _sha((prev + body).encode()) == r["hash"]
+                else:
+                    keyed_seen = True
+                    ok = hmac.compare_digest(self._mac(prev + body), r["hash"])
+                if not ok:
+                    problems.append(f"audit record {rid} was modified: its MAC does not match its content (edited, "
+                                    "or recomputed without the audit key)")
+                prev = r["hash"]
+                try:
+                    entries = json.loads(body).get("rows", [])
+                except json.JSONDecodeError:
+                    entries = []
+                for table, row_id, digest in entries:
+                    if (table, row_id) in recorded:
+                        problems.append(f"{table} row {row_id} is recorded twice (audit records "
+                                        f"{recorded[(table, row_id)][1]} and {rid})")
+                    recorded[(table, int(row_id))] = (digest, rid)
+            head = conn.execute(select(audit_head).where(audit_head.c.id == 1)).mappings().first()
+            if head is None:
+                if n:
+                    problems.append("the signed audit head is missing")
+            else:
+                if not hmac.compare_digest(self._mac(f"head:{head['count']}:{head['last_hash']}"), head["mac"]):
+                    problems.append("the audit head's signature does not verify (edited, or wrong audit key)")
+                if head["count"] != n or head["last_hash"] != prev:
+                    problems.append(f"the audit log has {n} records but its signed head vouches for "
+                                    f"{head['count']} (records were removed from or added to the end)")
+            if keyed_seen or head is not None:
+                seen = set()
+                for name, table in AUDITED.items():
+                    for r in conn.execute(select(table).order_by(table.c.id)).mappings():
+                        key = (name, int(r["id"]))
+                        seen.add(key)
+                        if key not in recorded:
+                            problems.append(f"{name} row {key[1]} has no audit record (written outside the "
+                                            "application)")
+                        elif row_digest(name, r) != recorded[key][0]:
+                            problems.append(f"{name} row {key[1]} was modified after audit record "
+                                            f"{recorded[key][1]} vouched for it")
+                for key in sorted(set(recorded) - seen):
+                    problems.append(f"{key[0]} row {key[1]} (audit record {recorded[key][1]}) is missing: deleted")
+        return problems
+
+    def verify_audit(self) -> int:
+        """Recompute the chain and cross-check every row; returns the number of records.
+
+        Raises
+        ------
+        AuditError
+            Naming each row or record that does not verify.
+        """
+        problems = self.audit_problems()
+        if problems:
+            more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+            raise AuditError("Audit does not verify: " + "; ".join(problems[:10]) + more + ".")
+        with self.engine.connect() as conn:
+            return len(conn.execute(select(audit.c.id)).all())
 
     # ------------------------------------------------------------ sessions and cases
     def create_session(self, name: str, created_by: str, model_version: str, refine_params: dict | None = None) -> int:
         name, created_by = (name or "").strip(), (created_by or "").strip()
         if not name or not created_by:
             raise ValueError(f"A session needs a name and who starts it. Got name={name!r}, created_by={created_by!r}.")
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             sid = conn.execute(insert(sessions).values(
                 name=name, created_by=created_by, created_at=_now(), model_version=model_version,
                 refine_params=_canonical(refine_params or {}))).inserted_primary_key[0]
-            self._append_audit(conn, "session_created", session_id=sid, who=created_by, model_version=model_version,
-                               refine_params=refine_params or {})
+            self._append_audit(conn, "session_created", self._digest_rows(conn, sessions, [sid]), session_id=sid,
+                               who=created_by, model_version=model_version)
         return int(sid)
 
     def sessions(self) -> list[dict]:
@@ -265,28 +483,40 @@ class ReviewStore:
 
     def add_case(self, session_id: int, scan_bytes: bytes, scan_name: str, raw: np.ndarray, refined: np.ndarray, *,
                  slice_index: int | None = None, uncertainty: float = 0.0, spacing=None, who: str = "system") -> int:
-        """Add a case with the model's raw and refined masks (two immutable mask versions)."""
+        """Add a case with the model's raw and refined masks (two immutable mask versions).
+
+        Positions are unique per session: they are assigned inside the serialised write
+        transaction and guarded by a unique index (a conflict is retried).
+        """
         s = self.session(session_id)
         if np.shape(raw) != np.shape(refined) or np.ndim(raw) != 2:
             raise ValueError(f"raw and refined must be 2-D masks of one shape. Got {np.shape(raw)} and {np.shape(refined)}.")
-        with self.engine.begin() as conn:
-            pos = conn.execute(select(func.count()).select_from(cases).where(cases.c.session_id == session_id)).scalar()
-            cid = conn.execute(insert(cases).values(
-                session_id=session_id, position=int(pos), scan_name=scan_name, scan_sha256=_sha(scan_bytes),
-                scan_bytes=scan_bytes, slice_index=slice_index, uncertainty=float(uncertainty),
-                spacing=json.dumps(list(spacing)) if spacing else None, created_at=_now())).inserted_primary_key[0]
-            for kind, m in (("raw", raw), ("refined", refined)):
-                png = _png(m)
-                conn.execute(insert(mask_versions).values(
-                    case_id=cid, kind=kind, author=who, model_version=s["model_version"],
-                    refine_params=s["refine_params"] if kind == "refined" else "{}", mask_png=png,
-                    mask_sha256=_sha(np.asarray(m).astype(np.uint8).tobytes()), created_at=_now()))
-            self._append_audit(conn, "case_added", session_id=session_id, case_id=cid, scan_sha256=_sha(scan_bytes),
-                               model_version=s["model_version"], who=who,
-                               raw_mask_sha256=_sha(np.asarray(raw).astype(np.uint8).tobytes()),
-                               refined_mask_sha256=_sha(np.asarray(refined).astype(np.uint8).tobytes()),
-                               refine_params=json.loads(s["refine_params"]))
-        return int(cid)
+        pngs = {kind: _mask_png(m) for kind, m in (("raw", raw), ("refined", refined))}
+        for attempt in range(5):
+            try:
+                with self._write() as conn:
+                    pos = conn.execute(select(cases.c.position).where(cases.c.session_id == session_id)
+                                       .order_by(cases.c.position.desc()).limit(1)).scalar()
+                    cid = conn.execute(insert(cases).values(
+                        session_id=session_id, position=0 if pos is None else int(pos) + 1, scan_name=scan_name,
+                        scan_sha256=_sha(scan_bytes), scan_bytes=scan_bytes, slice_index=slice_index,
+                        uncertainty=float(uncertainty), spacing=json.dumps(list(spacing)) if spacing else None,
+                        created_at=_now())).inserted_primary_key[0]
+                    mvs = []
+                    for kind, m in (("raw", raw), ("refined", refined)):
+                        mvs.append(conn.execute(insert(mask_versions).values(
+                            case_id=cid, kind=kind, author=who, model_version=s["model_version"],
+                            refine_params=s["refine_params"] if kind == "refined" else "{}", mask_png=pngs[kind],
+                            mask_sha256=_sha(np.asarray(m).astype(np.uint8).tobytes()),
+                            created_at=_now())).inserted_primary_key[0])
+                    rows = self._digest_rows(conn, cases, [cid]) + self._digest_rows(conn, mask_versions, mvs)
+                    self._append_audit(conn, "case_added", rows, session_id=session_id, case_id=cid,
+                                       scan_sha256=_sha(scan_bytes), model_version=s["model_version"], who=who)
+                return int(cid)
+            except IntegrityError:
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def cases(self, session_id: int, order: str = "uncertainty") -> list[Case]:
         """Cases of a session, most uncertain first (``order="uncertainty"``) or in upload order ("upload")."""
@@ -301,6 +531,13 @@ class ReviewStore:
                      slice_index=r["slice_index"], uncertainty=r["uncertainty"],
                      spacing=tuple(json.loads(r["spacing"])) if r["spacing"] else None) for r in rows]
 
+    def case(self, case_id: int) -> Case:
+        with self.engine.connect() as conn:
+            r = conn.execute(select(cases.c.session_id).where(cases.c.id == case_id)).first()
+        if r is None:
+            raise ValueError(f"No case with id {case_id}.")
+        return next(c for c in self.cases(r.session_id, "upload") if c.id == case_id)
+
     def scan_bytes(self, case_id: int) -> bytes:
         with self.engine.connect() as conn:
             return conn.execute(select(cases.c.scan_bytes).where(cases.c.id == case_id)).scalar_one()
@@ -313,7 +550,7 @@ class ReviewStore:
                 .order_by(mask_versions.c.id.desc()).limit(1)).scalar()
         if data is None:
             raise ValueError(f"Case {case_id} has no {kind} mask.")
-        return _unpng(data)
+        return decode_png(data)
 
     def mask_versions(self, case_id: int) -> list[dict]:
         with self.engine.connect() as conn:
@@ -324,9 +561,20 @@ class ReviewStore:
             return [dict(r) for r in rows]
 
     # ------------------------------------------------------------ verdicts
+    def check_verdict(self, verdict: str, reason_code: str, reviewer: str = "x") -> None:
+        """Raise ValueError if the verdict form is not acceptable (usable before submitting)."""
+        if not (reviewer or "").strip():
+            raise ValueError("A verdict needs the reviewer's name (got an empty name).")
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {list(VERDICTS)}. Got {verdict!r}.")
+        if reason_code not in REASON_CODES:
+            raise ValueError(f"reason_code must be one of {list(REASON_CODES)}. Got {reason_code!r}.")
+        if verdict == "reject" and reason_code == "none":
+            raise ValueError("A rejection needs a reason code other than 'none'.")
+
     def record_verdict(self, case_id: int, reviewer: str, verdict: str, *, mask: np.ndarray | None = None,
                        reason_code: str = "none", comment: str = "", point: tuple[float, float] | None = None,
-                       seconds_spent: float = 0.0, spacing=None) -> int:
+                       seconds_spent: float = 0.0, spacing=None, region: str = "") -> int:
         """Store a verdict (and, for edits, the corrected mask as a new mask version) in one transaction.
 
         ``mask`` is the reviewer's accepted mask; without it the model's refined
@@ -337,14 +585,7 @@ class ReviewStore:
         from .metrics import dice, hd95, iou
 
         reviewer = (reviewer or "").strip()
-        if not reviewer:
-            raise ValueError("A verdict needs the reviewer's name (got an empty name).")
-        if verdict not in VERDICTS:
-            raise ValueError(f"verdict must be one of {list(VERDICTS)}. Got {verdict!r}.")
-        if reason_code not in REASON_CODES:
-            raise ValueError(f"reason_code must be one of {list(REASON_CODES)}. Got {reason_code!r}.")
-        if verdict == "reject" and reason_code == "none":
-            raise ValueError("A rejection needs a reason code other than 'none'.")
+        self.check_verdict(verdict, reason_code, reviewer)
         model_mask = self.mask(case_id, "refined")
         accepted = model_mask if mask is None else np.asarray(mask).astype(np.uint8)
         if accepted.shape != model_mask.shape:
@@ -352,37 +593,41 @@ class ReviewStore:
         edited = not np.array_equal(accepted, model_mask)
         if verdict == "accept" and edited:
             verdict = "accept_with_edits"
-        k = int(max(accepted.max(initial=0), model_mask.max(initial=0))) + 1
-        h = hd95(model_mask, accepted, max(k, 2), spacing)
+        k = max(int(max(accepted.max(initial=0), model_mask.max(initial=0))) + 1, 2)
+        h = hd95(model_mask, accepted, k, spacing)
         metrics = {
-            "dice": dice(model_mask, accepted, max(k, 2)).tolist(),
-            "iou": iou(model_mask, accepted, max(k, 2)).tolist(),
+            "dice": dice(model_mask, accepted, k).tolist(),
+            "iou": iou(model_mask, accepted, k).tolist(),
             "hd95": [None if not np.isfinite(v) else float(v) for v in h],
-            "area_change_px": [int((accepted == c).sum()) - int((model_mask == c).sum()) for c in range(max(k, 2))],
+            "area_change_px": [int((accepted == c).sum()) - int((model_mask == c).sum()) for c in range(k)],
             "edited_pixels": int((accepted != model_mask).sum()),
         }
-        with self.engine.begin() as conn:
+        png = _mask_png(accepted) if edited else None
+        with self._write() as conn:
             case = conn.execute(select(cases.c.session_id).where(cases.c.id == case_id)).first()
             if case is None:
                 raise ValueError(f"No case with id {case_id}.")
             mv = conn.execute(select(mask_versions.c.id).where(
                 (mask_versions.c.case_id == case_id) & (mask_versions.c.kind == "refined"))
                 .order_by(mask_versions.c.id.desc()).limit(1)).scalar()
-            model_version = self.session(case.session_id)["model_version"]
+            model_version = conn.execute(select(sessions.c.model_version)
+                                         .where(sessions.c.id == case.session_id)).scalar()
+            rows = []
             if edited:
                 mv = conn.execute(insert(mask_versions).values(
                     case_id=case_id, kind="correction", author=reviewer, model_version=model_version,
-                    refine_params="{}", mask_png=_png(accepted), mask_sha256=_sha(accepted.tobytes()),
+                    refine_params="{}", mask_png=png, mask_sha256=_sha(accepted.tobytes()),
                     created_at=_now())).inserted_primary_key[0]
+                rows += self._digest_rows(conn, mask_versions, [mv])
             vid = conn.execute(insert(verdicts).values(
                 case_id=case_id, reviewer=reviewer, verdict=verdict, reason_code=reason_code, comment=comment or "",
                 point_x=None if point is None else float(point[0]), point_y=None if point is None else float(point[1]),
                 mask_version_id=mv, seconds_spent=float(seconds_spent), metrics=json.dumps(metrics),
-                created_at=_now())).inserted_primary_key[0]
-            self._append_audit(conn, "verdict", session_id=case.session_id, case_id=case_id, verdict_id=vid,
+                created_at=_now(), region=region or "")).inserted_primary_key[0]
+            rows += self._digest_rows(conn, verdicts, [vid])
+            self._append_audit(conn, "verdict", rows, session_id=case.session_id, case_id=case_id, verdict_id=vid,
                                who=reviewer, verdict=verdict, reason_code=reason_code,
-                               mask_sha256=_sha(accepted.tobytes()), model_version=model_version,
-                               seconds_spent=round(float(seconds_spent), 3))
+                               mask_sha256=_sha(accepted.tobytes()), model_version=model_version)
         return int(vid)
 
     def verdicts(self, session_id: int | None = None) -> list[dict]:
@@ -404,7 +649,7 @@ class ReviewStore:
                 verdicts, verdicts.c.mask_version_id == mask_versions.c.id).where(verdicts.c.id == verdict_id)).scalar()
         if data is None:
             raise ValueError(f"No verdict with id {verdict_id}.")
-        return _unpng(data)
+        return decode_png(data)
 
     def latest_verdicts(self, session_id: int) -> dict[tuple[int, str], dict]:
         """The latest verdict per (case, reviewer)."""
@@ -443,3 +688,31 @@ class ReviewStore:
         for v in latest.values():
             if v["verdict"] != "reject":
                 yield v, self.accepted_mask(v["id"])
+
+
+def submit_verdict(store: ReviewStore, workspace, case_id: int, reviewer: str, verdict: str, *,
+                   model_version: str, mask: np.ndarray | None = None, class_names: tuple[str, ...] | None = None,
+                   **verdict_fields: Any) -> tuple[int, Any]:
+    """Record a verdict and, unless it is a rejection, save the accepted mask as a correction for fine-tuning.
+
+    Ordered so that a failure leaves nothing half done: the correction is validated and
+    written to a hidden staging folder first (bad names, masks or a full disk fail here,
+    before anything is stored), then the verdict is committed, then the correction is
+    renamed into place. Returns ``(verdict id, Correction or None)``.
+    """
+    store.check_verdict(verdict, verdict_fields.get("reason_code", "none"), reviewer)
+    case = store.case(case_id)
+    staged = None
+    if verdict != "reject":
+        accepted = store.mask(case_id, "refined") if mask is None else np.asarray(mask)
+        staged = workspace.stage_correction(
+            store.scan_bytes(case_id), case.scan_name, accepted, author=reviewer, model_version=model_version,
+            source="review", slice_index=case.slice_index, class_names=class_names,
+            note=f"review session {case.session_id}, case {case_id}")
+    try:
+        vid = store.record_verdict(case_id, reviewer, verdict, mask=mask, **verdict_fields)
+    except BaseException:
+        if staged is not None:
+            workspace.discard_staged(staged)
+        raise
+    return vid, (workspace.commit_correction(staged) if staged is not None else None)

@@ -16,21 +16,80 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-__all__ = ["Workspace", "Correction", "atomic_write", "default_data_dir", "PROMOTION_TOLERANCE"]
+__all__ = ["Workspace", "Correction", "atomic_write", "default_data_dir", "PROMOTION_TOLERANCE", "PromotionGate",
+           "clean_stale_temporaries", "SCAN_EXTENSIONS"]
 
 PROMOTION_TOLERANCE = 0.005  # mean Dice a candidate may lose on the held-out set and still be promoted
+SCAN_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".nii", ".nii.gz", ".nrrd",
+                   ".zip")
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def default_data_dir() -> Path:
-    return Path(os.environ.get("SEGCORE_DATA_DIR", "segcore_data")).resolve()
+    """``SEGCORE_DATA_DIR`` or ``segcore_data/`` in the repository (the same for the app, the CLI and the library)."""
+    return Path(os.environ.get("SEGCORE_DATA_DIR") or REPO_ROOT / "segcore_data").resolve()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+_TMP_PID = re.compile(r"\.tmp-(\d+)-")
+STALE_AFTER_S = 3600  # temporaries without a writer pid (older versions) are removed after an hour
+
+
+def clean_stale_temporaries(folder: str | Path) -> list[str]:
+    """Remove what killed writers left in ``folder``: ``.tmp-<pid>-*`` entries whose process is gone.
+
+    A ``.<name>.old`` folder (a model being replaced when the writer died) is put back when
+    ``<name>`` is missing, and removed otherwise. Returns the names removed or restored.
+    """
+    folder = Path(folder)
+    done: list[str] = []
+    if not folder.is_dir():
+        return done
+    now = time.time()
+    for p in folder.iterdir():
+        if not p.name.startswith("."):
+            continue
+        m = _TMP_PID.search(p.name)
+        if m:
+            stale = not _pid_alive(int(m.group(1)))
+        elif p.name.endswith(".old"):
+            target = folder / p.name[1:-4]
+            if not target.exists():
+                os.replace(p, target)
+                done.append(p.name)
+                continue
+            stale = True
+        elif p.name.startswith(".tmp") or ".tmp" in p.name:
+            try:
+                stale = now - p.stat().st_mtime > STALE_AFTER_S
+            except FileNotFoundError:
+                continue
+        else:
+            continue
+        if stale:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            done.append(p.name)
+    return done
 
 
 def atomic_write(path: str | Path, data: bytes | str) -> Path:
@@ -39,7 +98,7 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(data, str):
         data = data.encode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -68,6 +127,7 @@ class Correction:
     shape: tuple[int, int]
     path: Path
     note: str = ""
+    scan_sha256: str = ""
 
     @property
     def mask_path(self) -> Path:
@@ -78,8 +138,36 @@ class Correction:
         return next(p for p in self.path.iterdir() if p.name.startswith("scan"))
 
 
+def _scan_extension(scan_name: str) -> str:
+    """A safe file extension for a stored scan: one of :data:`SCAN_EXTENSIONS`, else ``.bin``."""
+    lower = scan_name.lower()
+    for ext in sorted(SCAN_EXTENSIONS, key=len, reverse=True):
+        if lower.endswith(ext):
+            return ext
+    return ".bin"
+
+
+@dataclasses.dataclass(frozen=True)
+class PromotionGate:
+    """The promotion decision for a candidate version, from the metrics stored with it."""
+
+    version: str
+    candidate: float
+    baseline: float
+    baseline_version: str | None
+    tolerance: float
+    passed: bool
+    reason: str
+
+
 class Workspace:
-    """Corrections and model versions under one data directory."""
+    """Corrections and model versions under one data directory.
+
+    Every read-modify-write of the model registry (version numbering, activation) holds an
+    inter-process file lock (``models/.registry.lock``), so concurrent processes and the
+    threads of one Streamlit server never lose each other's updates. Temporaries left by
+    killed writers are removed when a workspace is opened.
+    """
 
     def __init__(self, root: str | Path | None = None, default_model_dir: str | Path | None = None):
         self.root = Path(root) if root is not None else default_data_dir()
@@ -88,21 +176,42 @@ class Workspace:
         self.registry_path = self.models_dir / "registry.json"
         self.default_model_dir = Path(default_model_dir) if default_model_dir else None
         self.root.mkdir(parents=True, exist_ok=True)
+        self.cleaned = clean_stale_temporaries(self.corrections_dir) + clean_stale_temporaries(self.models_dir)
+
+    def _lock(self):
+        from filelock import FileLock
+
+        self.models_dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.models_dir / ".registry.lock"), timeout=600)
 
     # ------------------------------------------------------------ corrections
     def save_correction(self, scan_bytes: bytes, scan_name: str, mask: np.ndarray, *, author: str,
                         model_version: str, source: str, slice_index: int | None = None,
-                        note: str = "") -> Correction:
+                        note: str = "", class_names: tuple[str, ...] | None = None) -> Correction:
         """Persist a corrected mask with its scan; returns the saved record.
 
         The folder is assembled under a temporary name and renamed into place,
         so a crash leaves either the whole correction or nothing.
         """
+        staged = self.stage_correction(scan_bytes, scan_name, mask, author=author, model_version=model_version,
+                                       source=source, slice_index=slice_index, note=note, class_names=class_names)
+        return self.commit_correction(staged)
+
+    def stage_correction(self, scan_bytes: bytes, scan_name: str, mask: np.ndarray, *, author: str,
+                         model_version: str, source: str, slice_index: int | None = None, note: str = "",
+                         class_names: tuple[str, ...] | None = None) -> Path:
+        """Validate and write a correction into a hidden temporary folder; :meth:`commit_correction` publishes it.
+
+        Callers that must store something else first (a review verdict) stage, store, then commit:
+        every check that can fail runs before anything is stored.
+        """
+        from .labels import png_bytes
+
         author = (author or "").strip()
         if not author:
             raise ValueError("A correction needs the name of who made it (author is empty).")
-        if source not in ("raw", "refined", "blank", "previous"):
-            raise ValueError(f"source must be 'raw', 'refined', 'blank' or 'previous'. Got '{source}'.")
+        if source not in ("raw", "refined", "blank", "previous", "review"):
+            raise ValueError(f"source must be 'raw', 'refined', 'blank', 'previous' or 'review'. Got '{source}'.")
         mask = np.asarray(mask)
         if mask.ndim != 2 or mask.size == 0:
             raise ValueError(f"A correction mask must be a non-empty 2-D label map. Got shape {mask.shape}.")
@@ -111,33 +220,45 @@ class Workspace:
         digest = hashlib.sha256(scan_bytes + mask.astype(np.uint8).tobytes()).hexdigest()[:10]
         cid = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f") + "-" + digest
         self.corrections_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.corrections_dir))
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=self.corrections_dir))
         try:
-            ext = "".join(Path(scan_name).suffixes[-2:]) if scan_name.lower().endswith(".nii.gz") else Path(scan_name).suffix
-            (tmp / f"scan{ext.lower()}").write_bytes(scan_bytes)
-            ok, buf = cv2.imencode(".png", mask.astype(np.uint8))
-            if not ok:
-                raise ValueError("Could not encode the mask as PNG.")
-            (tmp / "mask.png").write_bytes(buf.tobytes())
+            (tmp / f"scan{_scan_extension(scan_name)}").write_bytes(scan_bytes)
+            (tmp / "mask.png").write_bytes(png_bytes(mask.astype(np.uint8)))
             meta = {"id": cid, "scan_name": scan_name, "author": author, "model_version": model_version,
                     "source": source, "created_at": _now(), "slice_index": slice_index,
                     "shape": list(mask.shape), "note": note,
+                    "class_names": list(class_names) if class_names else None,
+                    "scan_sha256": hashlib.sha256(scan_bytes).hexdigest(),
                     "mask_sha256": hashlib.sha256(mask.astype(np.uint8).tobytes()).hexdigest()}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
             for p in tmp.iterdir():
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
-            os.replace(tmp, self.corrections_dir / cid)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        return tmp
+
+    def commit_correction(self, staged: Path) -> Correction:
+        """Rename a staged correction into place (atomic); returns the record."""
+        cid = json.loads((staged / "meta.json").read_text())["id"]
+        try:
+            os.replace(staged, self.corrections_dir / cid)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
         return self._correction_from_dir(self.corrections_dir / cid)
+
+    @staticmethod
+    def discard_staged(staged: Path) -> None:
+        shutil.rmtree(staged, ignore_errors=True)
 
     def _correction_from_dir(self, d: Path) -> Correction:
         m = json.loads((d / "meta.json").read_text())
         return Correction(id=m["id"], scan_name=m["scan_name"], author=m["author"],
                           model_version=m["model_version"], source=m["source"], created_at=m["created_at"],
-                          slice_index=m.get("slice_index"), shape=tuple(m["shape"]), path=d, note=m.get("note", ""))
+                          slice_index=m.get("slice_index"), shape=tuple(m["shape"]), path=d, note=m.get("note", ""),
+                          scan_sha256=m.get("scan_sha256", ""))
 
     def list_corrections(self) -> list[Correction]:
         """Saved corrections, oldest first (half-written temporary folders are ignored)."""
@@ -155,17 +276,17 @@ class Workspace:
 
     def load_correction(self, correction: Correction | str):
         """``(2-D image, mask)`` of a saved correction."""
+        from .labels import load_mask
         from .io import load_scan
 
         c = correction if isinstance(correction, Correction) else self._correction_from_dir(self.corrections_dir / correction)
         scan = load_scan(c.scan_path, name=c.scan_name)
         image = scan.slice(0, c.slice_index)
-        mask = cv2.imread(str(c.mask_path), cv2.IMREAD_UNCHANGED)
-        return image, mask
+        return image, load_mask(c.mask_path)
 
     def delete_correction(self, cid: str) -> None:
         d = self.corrections_dir / cid
-        if not (d / "meta.json").is_file():
+        if not re.fullmatch(r"[0-9T]+-[0-9a-f]+", cid or "") or not (d / "meta.json").is_file():
             raise ValueError(f"No saved correction with id '{cid}'.")
         shutil.rmtree(d)
 
@@ -199,42 +320,95 @@ class Workspace:
         return Path(reg["versions"][version]["path"])
 
     def add_version(self, model, config, *, metrics: dict, trained_on: list[str], parent: str | None,
-                    note: str = "") -> str:
-        """Save a candidate model as a new (inactive) version; returns its name."""
+                    note: str = "", created_by: str = "") -> str:
+        """Save a candidate model as a new (inactive) version; returns its name.
+
+        The version number is chosen and the folder written under the registry lock, so
+        concurrent callers (processes or threads) always get distinct versions.
+        """
         from .models import save_model
 
-        reg = self._registry()
-        n = 1 + max([int(v[1:]) for v in reg["versions"] if v[1:].isdigit()] or [0])
-        version = f"v{n}"
-        config.version = version
-        config.parent_version = parent
-        config.trained_on = list(trained_on)
-        config.metrics = metrics
-        config.created_at = _now()
-        path = save_model(model, config, self.models_dir / version)
-        reg["versions"][version] = {"path": str(path.resolve()), "created_at": config.created_at, "parent": parent,
-                                    "metrics": metrics, "trained_on": list(trained_on), "note": note}
-        self._write_registry(reg)
+        with self._lock():
+            reg = self._registry()
+            taken = {int(v[1:]) for v in reg["versions"] if v[1:].isdigit()}
+            taken |= {int(p.name[1:]) for p in self.models_dir.glob("v*") if p.name[1:].isdigit()}
+            version = f"v{1 + max(taken or {0})}"
+            config.version = version
+            config.parent_version = parent
+            config.trained_on = list(trained_on)
+            config.metrics = metrics
+            config.created_at = _now()
+            path = save_model(model, config, self.models_dir / version)
+            reg["versions"][version] = {"path": str(path.resolve()), "created_at": config.created_at,
+                                        "parent": parent, "metrics": metrics, "trained_on": list(trained_on),
+                                        "note": note, "created_by": created_by}
+            self._write_registry(reg)
         return version
 
-    def activate(self, version: str) -> None:
-        """Make ``version`` active (promotion or rollback)."""
-        reg = self._registry()
-        if version not in reg["versions"]:
-            raise ValueError(f"Unknown model version '{version}'. Known versions: {sorted(reg['versions'])}.")
-        reg["active"] = version
-        reg.setdefault("history", []).append({"active": version, "at": _now()})
-        self._write_registry(reg)
+    def validate_version(self, version: str):
+        """Load ``version`` (``safe_mode=True``) and check it against its config; returns ``(model, config)``.
 
-    def promote(self, version: str, *, baseline: float, candidate: float, tolerance: float = PROMOTION_TOLERANCE) -> None:
-        """Activate ``version`` only if its held-out score does not regress below the active one's.
-
-        ``tolerance`` (mean Dice) absorbs evaluation noise: a candidate more than
-        this far below the baseline is refused.
+        Raises
+        ------
+        ValueError
+            Unknown version, missing folder, corrupt model file, or channels/classes that differ from the config.
         """
-        if candidate + tolerance < baseline:
-            raise ValueError(
-                f"Refusing to promote {version}: held-out mean Dice {candidate:.4f} is more than {tolerance} below "
-                f"the active model's {baseline:.4f}."
-            )
-        self.activate(version)
+        from .models import load_model
+
+        path = self.model_dir(version)
+        if not path.is_dir():
+            raise ValueError(f"Model version '{version}' has no folder at '{path}'; it cannot be activated.")
+        try:
+            return load_model(path)
+        except FileNotFoundError as exc:
+            raise ValueError(f"Model version '{version}' cannot be activated: {exc}") from exc
+        except ValueError as exc:
+            raise ValueError(f"Model version '{version}' cannot be activated: {exc}") from exc
+
+    def activate(self, version: str, *, who: str = "") -> None:
+        """Make ``version`` active (promotion or rollback) after validating that it loads and matches its config."""
+        if version not in self.versions():
+            raise ValueError(f"Unknown model version '{version}'. Known versions: {sorted(self.versions())}.")
+        self.validate_version(version)
+        with self._lock():
+            reg = self._registry()
+            reg["active"] = version
+            reg.setdefault("history", []).append({"active": version, "at": _now(), "by": who})
+            self._write_registry(reg)
+
+    def gate(self, version: str, tolerance: float = PROMOTION_TOLERANCE) -> PromotionGate:
+        """The promotion decision for ``version`` from the held-out evaluation stored with it.
+
+        The candidate must have been evaluated against the version that is active now, on the
+        same held-out set, and may lose at most ``tolerance`` mean foreground Dice.
+        """
+        info = self.versions().get(version)
+        if info is None:
+            raise ValueError(f"Unknown model version '{version}'. Known versions: {sorted(self.versions())}.")
+        m = info.get("metrics", {})
+        try:
+            cand = float(m["held_out"]["mean_foreground_dice"])
+            base = float(m["baseline_held_out"]["mean_foreground_dice"])
+        except (KeyError, TypeError):
+            return PromotionGate(version, float("nan"), float("nan"), None, tolerance, False,
+                                 f"{version} has no held-out evaluation against a baseline; it cannot be promoted.")
+        base_version = m.get("baseline_version", info.get("parent"))
+        active = self.active_version()
+        if base_version != active:
+            return PromotionGate(version, cand, base, base_version, tolerance, False,
+                                 f"{version} was evaluated against {base_version}, but {active} is active now; "
+                                 "evaluate it again before promoting.")
+        if cand + tolerance < base:
+            return PromotionGate(version, cand, base, base_version, tolerance, False,
+                                 f"Refusing to promote {version}: held-out mean Dice {cand:.4f} is more than "
+                                 f"{tolerance} below the active model's {base:.4f}.")
+        return PromotionGate(version, cand, base, base_version, tolerance, True,
+                             f"{version}: held-out mean Dice {cand:.4f} vs {base:.4f} for {base_version}.")
+
+    def promote(self, version: str, *, tolerance: float = PROMOTION_TOLERANCE, who: str = "") -> PromotionGate:
+        """Activate ``version`` if its own stored evaluation passes :meth:`gate`; raises ValueError otherwise."""
+        decision = self.gate(version, tolerance)
+        if not decision.passed:
+            raise ValueError(decision.reason)
+        self.activate(version, who=who)
+        return decision

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from .io import Scan
+from .labels import png_bytes
 
 __all__ = ["instances_image", "PALETTE", "overlay", "contours", "diff_image", "to_rgb", "png_bytes", "save_label_nifti",
            "nifti_bytes", "colorize"]
@@ -59,17 +60,6 @@ def diff_image(gray_u8: np.ndarray, raw: np.ndarray, refined: np.ndarray, alpha:
     out[added] = (1 - alpha) * out[added] + alpha * np.array([40, 220, 90])
     out[removed] = (1 - alpha) * out[removed] + alpha * np.array([235, 60, 60])
     return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def png_bytes(arr: np.ndarray) -> bytes:
-    """PNG encoding of a label map (uint8) or an RGB image."""
-    a = np.asarray(arr)
-    if a.ndim == 3:
-        a = cv2.cvtColor(a.astype(np.uint8), cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".png", a.astype(np.uint8) if a.dtype != np.uint16 else a)
-    if not ok:
-        raise ValueError(f"Could not encode an array of shape {arr.shape} as PNG.")
-    return buf.tobytes()
 
 
 def _to_nifti_layout(labels: np.ndarray) -> np.ndarray:

@@ -42,8 +42,8 @@ def test_rgba_is_flattened_and_palette_handled():
     rgba[..., 0] = 200
     rgba[..., 3] = 128
     scan = load_scan(_png_bytes(rgba), "rgba.png")
-    assert scan.pixels.shape == (4, 4, 3)
-    assert np.allclose(scan.pixels[..., 0], 200 * 128 / 255)
+    assert scan.pixels.shape == (4, 4)  # colour -> grayscale (BT.601 luma), RGBA composited over black
+    assert np.allclose(scan.pixels, 0.299 * 200 * 128 / 255, atol=1e-3)
     pal = Image.fromarray(np.array([[0, 1], [2, 1]], np.uint8), mode="P")
     pal.putpalette([0, 0, 0, 90, 90, 90, 200, 200, 200] + [0] * (768 - 9))
     buf = io.BytesIO()
@@ -134,9 +134,12 @@ def test_compressed_syntaxes_match_pydicom(pydicom_files, name):
         assert scan.pixels.shape[:2] == arr.shape[:2]
 
 
-def test_multiframe_dicom_is_a_volume(pydicom_files):
+def test_multiframe_rgb_dicom_is_a_grayscale_volume(pydicom_files):
+    ds = pydicom.dcmread(pydicom_files / "SC_rgb_rle_2frame.dcm")
+    rgb = ds.pixel_array.astype(np.float64)  # (2, 100, 100, 3)
     scan = load_scan(pydicom_files / "SC_rgb_rle_2frame.dcm")
-    assert scan.pixels.shape[0] == 2
+    assert scan.pixels.shape == (2, 100, 100) and scan.pixels.dtype == np.float32
+    np.testing.assert_allclose(scan.pixels, rgb @ [0.299, 0.587, 0.114], atol=1e-3)
 
 
 def test_monochrome1_is_inverted(pydicom_files, tmp_path):

@@ -94,46 +94,175 @@ def test_two_reviewers_agreement(tmp_path):
     assert rows[0]["disagreement_px"] == int((ref != other).sum())
 
 
-def test_tampering_is_detected(tmp_path):
+def _tamper(tmp_path, *sql):
+    """Edit the database behind the store's back, as someone with file access would."""
+    con = sqlite3.connect(tmp_path / "review.db")
+    for q in sql:
+        con.execute(q)
+    con.commit()
+    con.close()
+
+
+def _session_with_verdicts(tmp_path):
     st = _store(tmp_path)
     sid = st.create_session("s", "Dr A", "v1")
     raw, ref = _masks()
     cid = st.add_case(sid, b"x", "x.png", raw, ref)
-    st.record_verdict(cid, "Dr A", "reject", reason_code="artefact")
-    assert st.verify_audit() == 3
-    def tamper(sql):  # edit the database behind the store's back
-        con = sqlite3.connect(tmp_path / "review.db")
-        con.execute(sql)
-        con.commit()
-        con.close()
+    st.record_verdict(cid, "Dr A", "reject", reason_code="artefact", comment="motion")
+    edited = ref.copy()
+    edited[:4, :4] = 2
+    cid2 = st.add_case(sid, b"y", "y.png", raw, ref)
+    st.record_verdict(cid2, "Dr B", "accept", mask=edited)
+    assert st.verify_audit() == 5
+    return st, sid, cid, cid2
 
-    tamper("UPDATE audit_log SET payload = replace(payload, 'reject', 'accept') WHERE id = 3")
-    with pytest.raises(AuditError, match="record 3 was modified"):
+
+def _problems(tmp_path):
+    return ReviewStore(data_dir=tmp_path).audit_problems()
+
+
+def test_editing_an_audit_record_is_detected(tmp_path):
+    _session_with_verdicts(tmp_path)
+    _tamper(tmp_path, "UPDATE audit_log SET payload = replace(payload, 'reject', 'accept') WHERE id = 3")
+    with pytest.raises(AuditError, match="audit record 3 was modified"):
         ReviewStore(data_dir=tmp_path).verify_audit()
-    tamper("DELETE FROM audit_log WHERE id = 2")
-    with pytest.raises(AuditError, match="chain broken"):
+
+
+def test_deleting_an_audit_record_breaks_the_chain(tmp_path):
+    _session_with_verdicts(tmp_path)
+    _tamper(tmp_path, "DELETE FROM audit_log WHERE id = 2")
+    problems = _problems(tmp_path)
+    assert any("audit record 3 does not follow" in p for p in problems)
+    assert any("review_cases row 1" in p and "no audit record" in p for p in problems)
+
+
+@pytest.mark.parametrize("sql,expect", [
+    ("UPDATE verdicts SET verdict='accept', reason_code='none' WHERE id=1", "verdicts row 1 was modified"),
+    ("UPDATE verdicts SET reviewer='Dr Z' WHERE id=2", "verdicts row 2 was modified"),
+    ("UPDATE verdicts SET comment='fine' WHERE id=1", "verdicts row 1 was modified"),
+    ("DELETE FROM verdicts WHERE id=1", "verdicts row 1 (audit record 3) is missing: deleted"),
+    ("UPDATE mask_versions SET mask_png=(SELECT mask_png FROM mask_versions WHERE id=1) WHERE id=5",
+     "mask_versions row 5 was modified"),
+    ("UPDATE review_cases SET scan_bytes=X'00' WHERE id=2", "review_cases row 2 was modified"),
+    ("UPDATE review_sessions SET created_by='Dr Z' WHERE id=1", "review_sessions row 1 was modified"),
+    ("INSERT INTO verdicts (case_id, reviewer, verdict, reason_code, comment, mask_version_id, seconds_spent, "
+     "metrics, created_at) VALUES (1, 'Dr X', 'accept', 'none', '', 2, 1.0, '{}', '2026-01-01')",
+     "verdicts row 3 has no audit record"),
+])
+def test_data_rows_are_vouched_for(tmp_path, sql, expect):
+    """Editing, deleting or inserting data rows (not only audit rows) is detected, naming the row."""
+    _session_with_verdicts(tmp_path)
+    _tamper(tmp_path, sql)
+    with pytest.raises(AuditError, match=expect.replace("(", r"\(").replace(")", r"\)")):
         ReviewStore(data_dir=tmp_path).verify_audit()
 
 
-def test_migrations_upgrade_keeps_data(tmp_path):
+def test_tail_truncation_is_detected(tmp_path):
+    _session_with_verdicts(tmp_path)
+    # remove the last verdict and every row it wrote, and its audit record: the chain alone still verifies
+    _tamper(tmp_path, "DELETE FROM verdicts WHERE id=2", "DELETE FROM mask_versions WHERE id=5",
+            "DELETE FROM audit_log WHERE id=5")
+    problems = _problems(tmp_path)
+    assert problems == ["the audit log has 4 records but its signed head vouches for 5 (records were removed from "
+                        "or added to the end)"]
+
+
+def test_recomputed_chain_without_the_key_is_detected(tmp_path):
+    """An attacker rewrites a verdict and recomputes every digest, MAC and the head, but with their own key."""
+    import json
+
     from segcore import review
 
-    # a database created by schema version 1 (before the 'region' column)
-    orig = review.MIGRATIONS
-    review.MIGRATIONS = orig[:1]
-    try:
-        old = ReviewStore(data_dir=tmp_path)
-        assert old.schema_version() == 1
-        sid = old.create_session("kept", "Dr A", "v1")
-    finally:
-        review.MIGRATIONS = orig
-    new = ReviewStore(data_dir=tmp_path)
-    assert new.schema_version() == SCHEMA_VERSION == 2
-    assert new.session(sid)["name"] == "kept"
+    st, *_ = _session_with_verdicts(tmp_path)
+    _tamper(tmp_path, "UPDATE verdicts SET verdict='accept', reason_code='none' WHERE id=1")
+    forger = ReviewStore(data_dir=tmp_path, key=b"attacker-guessed-key-0000")
+    with forger.engine.begin() as conn:
+        recs = conn.execute(review.select(review.audit).order_by(review.audit.c.id)).mappings().all()
+        prev = review.GENESIS
+        for r in recs:
+            body = json.loads(r["payload"])
+            body["rows"] = [[t, i, review.row_digest(t, conn.execute(review.select(review.AUDITED[t]).where(
+                review.AUDITED[t].c.id == i)).mappings().one())] for t, i, _ in body["rows"]]
+            text = review._canonical(body)
+            mac = forger._mac(prev + text)
+            conn.execute(review.update(review.audit).where(review.audit.c.id == r["id"]).values(
+                payload=text, prev_hash=prev, hash=mac))
+            prev = mac
+        conn.execute(review.update(review.audit_head).values(count=len(recs), last_hash=prev,
+                                                             mac=forger._mac(f"head:{len(recs)}:{prev}")))
+    assert forger.verify_audit() == 5  # consistent under the forger's key ...
+    problems = _problems(tmp_path)  # ... but not under ours
+    assert any("audit record 1 was modified" in p for p in problems)
+    assert any("head's signature does not verify" in p for p in problems)
+
+
+def test_audit_key_file_is_private_and_outside_the_database(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    monkeypatch.delenv("SEGCORE_AUDIT_KEY", raising=False)
+    _store(tmp_path)
+    key = tmp_path / "audit.key"
+    assert key.is_file() and stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert key.read_bytes() not in (tmp_path / "review.db").read_bytes()
+    os.chmod(key, 0o644)
+    _store(tmp_path)  # restored to 0600 on open
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    monkeypatch.setenv("SEGCORE_AUDIT_KEY", "short")
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        _store(tmp_path)
+
+
+def test_migration_from_v2_keeps_data_renumbers_positions_and_anchors_the_audit(tmp_path, root):
+    """tests/data/review_v2.sql was written by the schema-2 code (with the duplicate positions its race made)."""
     con = sqlite3.connect(tmp_path / "review.db")
-    assert "region" in [r[1] for r in con.execute("PRAGMA table_info(verdicts)")]
+    con.executescript((root / "tests" / "data" / "review_v2.sql").read_text())
     con.close()
-    assert new.verify_audit() == 1
+    st = ReviewStore(data_dir=tmp_path)
+    assert st.schema_version() == SCHEMA_VERSION == 3
+    assert [c.position for c in st.cases(1, "upload")] == [0, 1]
+    assert st.session(1)["created_by"] == "Dr Old" and len(st.verdicts(1)) == 1
+    assert st.audit_records()[-1]["event"] == "audit_anchored"
+    assert st.verify_audit() == 5
+    new_case = st.add_case(1, b"z", "z.png", np.zeros((16, 16), np.uint8), np.zeros((16, 16), np.uint8))
+    assert st.case(new_case).position == 2
+    _tamper(tmp_path, "UPDATE verdicts SET verdict='reject' WHERE id=1")  # pre-migration rows are vouched for too
+    assert any("verdicts row 1 was modified" in p for p in _problems(tmp_path))
+
+
+ADDER = r"""
+import sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+from segcore.review import ReviewStore
+st = ReviewStore(data_dir=sys.argv[2])
+m = np.zeros((8, 8), np.uint8)
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(int(sys.argv[3])):
+    st.add_case(1, b"s", "s.png", m, m, uncertainty=float(i))
+    if i % 5 == 0:
+        st.record_verdict(1, sys.argv[4], "accept")
+"""
+
+
+def test_concurrent_writers_unique_positions_and_one_chain(tmp_path, root):
+    st = _store(tmp_path)
+    sid = st.create_session("s", "Dr A", "v1")
+    m = np.zeros((8, 8), np.uint8)
+    st.add_case(sid, b"s", "s.png", m, m)
+    procs = [subprocess.Popen([sys.executable, "-c", ADDER, str(root), str(tmp_path), "40", f"Dr {i}"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for i in range(4)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    for p in procs:
+        p.communicate(timeout=300)
+        assert p.returncode == 0
+    positions = [c.position for c in st.cases(sid, "upload")]
+    assert len(positions) == 161 and sorted(positions) == list(range(161))
+    assert st.verify_audit() == 1 + 161 + 4 * 8
 
 
 WRITER = r"""
@@ -165,7 +294,7 @@ def test_kill_during_writes_leaves_consistent_state(tmp_path, root):
     st2 = ReviewStore(data_dir=tmp_path)
     vs = st2.verdicts(sid)
     assert len(vs) > 0
-    n_audit = st2.verify_audit()
+    n_audit = st2.verify_audit()  # rows cross-checked, chain and signed head verified
     assert n_audit == 2 + len(vs)  # every stored verdict has its audit record, nothing half-written
     for v in vs:
         st2.accepted_mask(v["id"])  # each verdict's mask version exists
@@ -226,3 +355,71 @@ def test_export_session_contents(tmp_path, root):
     np.testing.assert_allclose(vol.affine, src.affine)
     np.testing.assert_array_equal(vol.pixels[3], raw)
     assert b"data:image/png;base64," in z.read("report.html")
+
+
+def test_export_names_are_slugs_and_csv_cells_cannot_be_formulas(tmp_path):
+    import csv
+    import io
+    import zipfile
+
+    from segcore.export import export_session
+
+    st = _store(tmp_path)
+    sid = st.create_session("s", "Dr A", "v1")
+    raw, ref = _masks()
+    cid = st.add_case(sid, b"x", "x.png", raw, ref)
+    evil = "/../../../tmp/x"
+    st.record_verdict(cid, evil, "accept", comment="=HYPERLINK(\"http://evil\",\"click\")")
+    st.record_verdict(cid, "@SUM(1+1)", "reject", reason_code="other", comment="-2+3\tx")
+    z = zipfile.ZipFile(io.BytesIO(export_session(st, sid, ("background", "organ", "lesion"))))
+    for n in z.namelist():
+        assert ".." not in n and not n.startswith("/") and "\\" not in n, n
+        parts = n.split("/")
+        assert len(parts) <= 2 and all(parts), n
+    assert any(n.startswith("masks/case0001_tmp_x_v") for n in z.namelist())
+    rows = list(csv.DictReader(io.StringIO(z.read("verdicts.csv").decode())))
+    for r in rows:
+        for cell in r.values():
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), cell
+    assert rows[0]["comment"] == "'=HYPERLINK(\"http://evil\",\"click\")" and rows[0]["reviewer"] == evil
+    assert rows[1]["reviewer"] == "'@SUM(1+1)" and rows[1]["comment"].startswith("'-2+3")
+
+
+def test_submit_verdict_orders_writes_so_failures_leave_nothing_half_done(tmp_path, monkeypatch):
+    from segcore.review import submit_verdict
+    from segcore.store import Workspace
+
+    st, ws = _store(tmp_path), Workspace(tmp_path / "ws")
+    sid = st.create_session("s", "Dr A", "v1")
+    raw, ref = _masks()
+    long_name = "scan." + "x" * 300  # used to crash the page after the verdict was stored
+    cid = st.add_case(sid, b"x", long_name, raw, ref)
+    vid, corr = submit_verdict(st, ws, cid, "Dr A", "accept", model_version="v1")
+    assert corr is not None and corr.scan_name == long_name and [v["id"] for v in st.verdicts(sid)] == [vid]
+
+    # the correction cannot be written (disk full): no verdict is stored either
+    def disk_full(*a, **k):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(ws, "stage_correction", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        submit_verdict(st, ws, cid, "Dr B", "accept", model_version="v1")
+    assert len(st.verdicts(sid)) == 1
+    monkeypatch.undo()
+
+    # the verdict is refused by the database: the staged correction is discarded
+    def db_down(*a, **k):
+        raise ValueError("database unavailable")
+
+    monkeypatch.setattr(st, "record_verdict", db_down)
+    with pytest.raises(ValueError, match="database unavailable"):
+        submit_verdict(st, ws, cid, "Dr C", "accept", model_version="v1")
+    assert len(ws.list_corrections()) == 1
+    assert not [p for p in ws.corrections_dir.iterdir() if p.name.startswith(".")]
+    # a rejection stores no correction; a bad form is refused before anything is written
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="rejection needs a reason"):
+        submit_verdict(st, ws, cid, "Dr D", "reject", model_version="v1")
+    submit_verdict(st, ws, cid, "Dr D", "reject", model_version="v1", reason_code="artefact")
+    assert len(ws.list_corrections()) == 1 and len(st.verdicts(sid)) == 2
+    assert st.verify_audit() == 1 + 1 + 2

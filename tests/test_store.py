@@ -3,6 +3,7 @@ import os
 import signal
 import subprocess
 import sys
+import shutil
 import time
 
 import numpy as np
@@ -81,24 +82,180 @@ def test_kill_during_atomic_write_keeps_previous_version(tmp_path, root):
     assert content in (b'{"active": "v1"}', b"x" * (64 * 1024 * 1024))  # old or new, never partial
 
 
+def _tiny(channels=1, classes=3):
+    from segcore.models import build_unet
+
+    return build_unet((None, None, channels), classes, base_filters=4, depth=2)
+
+
+def _metrics(cand, base, base_version="v1"):
+    return {"held_out": {"mean_foreground_dice": cand}, "baseline_held_out": {"mean_foreground_dice": base},
+            "baseline_version": base_version}
+
+
 def test_model_versions_promote_and_rollback(tmp_path, root):
-    from segcore.models import ModelConfig, build_unet
+    from segcore.models import ModelConfig
 
     default = root / "sample_data" / "models" / "default"
-    if not (default / "config.json").is_file():
-        pytest.skip("default model not trained yet")
     ws = Workspace(tmp_path, default_model_dir=default)
     assert ws.active_version() == "v1" and ws.model_dir() == default.resolve()
-    m = build_unet((None, None, 1), 3, base_filters=4, depth=2)
-    v = ws.add_version(m, ModelConfig(), metrics={"held_out": {"mean_foreground_dice": 0.5}}, trained_on=["c1"],
-                       parent="v1")
-    assert v == "v2" and ws.active_version() == "v1"
-    with pytest.raises(ValueError, match="Refusing to promote v2"):
-        ws.promote("v2", baseline=0.9, candidate=0.8)
+    v2 = ws.add_version(_tiny(), ModelConfig(), metrics=_metrics(0.8, 0.9), trained_on=["c1"], parent="v1")
+    v3 = ws.add_version(_tiny(), ModelConfig(), metrics=_metrics(0.897, 0.9), trained_on=["c1"], parent="v1")
+    assert (v2, v3) == ("v2", "v3") and ws.active_version() == "v1"
+    with pytest.raises(ValueError, match="Refusing to promote v2: held-out mean Dice 0.8000"):
+        ws.promote("v2")  # the gate reads the metrics stored with the version
     assert ws.active_version() == "v1"
-    ws.promote("v2", baseline=0.9, candidate=0.897)  # within the 0.005 tolerance
-    assert ws.active_version() == "v2"
+    assert ws.gate("v3").passed
+    ws.promote("v3")  # within the 0.005 tolerance
+    assert ws.active_version() == "v3"
+    # v2 was evaluated against v1, which is no longer active: it must be evaluated again
+    with pytest.raises(ValueError, match="evaluated against v1, but v3 is active now"):
+        ws.promote("v2")
     ws.activate("v1")  # rollback
     assert Workspace(tmp_path, default_model_dir=default).active_version() == "v1"
     with pytest.raises(ValueError, match="Unknown model version 'v9'"):
         ws.activate("v9")
+
+
+def test_activate_validates_the_model_first(tmp_path, root):
+    from segcore.models import ModelConfig, save_model
+
+    ws = Workspace(tmp_path, default_model_dir=root / "sample_data" / "models" / "default")
+    # a 3-channel / 5-class network whose config says 1 channel / 3 classes
+    v = ws.add_version(_tiny(), ModelConfig(), metrics=_metrics(0.9, 0.9), trained_on=[], parent="v1")
+    save_model(_tiny(3, 5), ModelConfig(), ws.model_dir(v))
+    with pytest.raises(ValueError, match="takes 3 input channel.*predicts 5 class.*says 1 channel.*3 class"):
+        ws.activate(v)
+    assert ws.active_version() == "v1"
+    # a truncated and a garbage model file
+    for damage in (lambda b: b[: len(b) // 2], lambda b: b"not a zip at all"):
+        v = ws.add_version(_tiny(), ModelConfig(), metrics=_metrics(0.9, 0.9), trained_on=[], parent="v1")
+        f = ws.model_dir(v) / "model.keras"
+        f.write_bytes(damage(f.read_bytes()))
+        with pytest.raises(ValueError, match="corrupt or truncated model file"):
+            ws.promote(v)
+        assert ws.active_version() == "v1"
+    # a version whose folder is gone
+    shutil.rmtree(ws.model_dir(v))
+    with pytest.raises(ValueError, match="has no folder"):
+        ws.activate(v)
+
+
+def test_load_model_reports_corrupt_file(tmp_path):
+    from segcore.models import ModelConfig, ModelFileError, load_model, save_model
+
+    save_model(_tiny(), ModelConfig(), tmp_path / "m")
+    (tmp_path / "m" / "model.keras").write_bytes(b"\x00" * 100)
+    with pytest.raises(ModelFileError, match="corrupt or truncated model file"):
+        load_model(tmp_path / "m")
+
+
+ADDER = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from segcore.models import ModelConfig, build_unet
+from segcore.store import Workspace
+ws = Workspace(sys.argv[2])
+m = build_unet((None, None, 1), 3, base_filters=4, depth=2)
+print("ready", flush=True)
+sys.stdin.readline()  # start together
+for i in range(3):
+    print(ws.add_version(m, ModelConfig(), metrics={}, trained_on=[sys.argv[3]], parent="v1"), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_add_version_processes_get_distinct_versions(tmp_path, root):
+    procs = [subprocess.Popen([sys.executable, "-c", ADDER, str(root), str(tmp_path), f"p{i}"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for i in range(4)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    got = []
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        got += out.split()
+        assert p.returncode == 0
+    assert len(got) == 12 and len(set(got)) == 12, got
+    ws = Workspace(tmp_path)
+    reg = ws.versions()
+    assert set(reg) == set(got)
+    for v in got:  # each folder holds its own writer's model
+        cfg = json.loads((ws.model_dir(v) / "config.json").read_text())
+        assert cfg["version"] == v and cfg["trained_on"] == reg[v]["trained_on"]
+
+
+def test_concurrent_add_version_threads_get_distinct_versions(tmp_path):
+    import threading
+
+    from segcore.models import ModelConfig
+
+    ws = Workspace(tmp_path)
+    m = _tiny()
+    got, errors = [], []
+
+    def work(tag):
+        try:
+            for _ in range(2):
+                got.append(Workspace(tmp_path).add_version(m, ModelConfig(), metrics={}, trained_on=[tag], parent=None))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(f"t{i}",)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(got) == 6 and len(set(got)) == 6
+    assert set(ws.versions()) == set(got)
+
+
+SAVER = r"""
+import sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+from segcore.store import Workspace
+ws = Workspace(sys.argv[2])
+big = b"x" * (32 * 1024 * 1024)
+print("ready", flush=True)
+while True:
+    ws.save_correction(big, "a.png", np.ones((512, 512), np.uint8), author="a", model_version="v1", source="raw")
+"""
+
+
+def test_killed_writers_leave_no_temporaries_after_restart(tmp_path, root):
+    for _ in range(6):
+        p = subprocess.Popen([sys.executable, "-c", SAVER, str(root), str(tmp_path)], stdout=subprocess.PIPE)
+        assert p.stdout.readline().strip() == b"ready"
+        time.sleep(0.25)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    # what a killed model writer leaves (dead pid), an old-style temporary, an interrupted replacement
+    models = tmp_path / "models"
+    (models / ".v7.tmp-999999999-abc").mkdir(parents=True)
+    old_style = models / ".v6.tmpq1w2"
+    old_style.mkdir()
+    os.utime(old_style, (time.time() - 7200, time.time() - 7200))
+    (models / ".v5.old").mkdir()
+    (models / ".v5.old" / "model.keras").write_bytes(b"previous")
+    hidden = [p.name for d in ("corrections", "models") for p in (tmp_path / d).iterdir() if p.name.startswith(".")]
+    assert hidden, "the kills should have left temporaries behind"
+    ws = Workspace(tmp_path)
+    left = [p.name for d in ("corrections", "models") for p in (tmp_path / d).iterdir()
+            if p.name.startswith(".") and p.name != ".registry.lock"]
+    assert left == [], left
+    assert (models / "v5" / "model.keras").read_bytes() == b"previous"  # put back, not deleted
+    assert len(ws.list_corrections()) >= 1
+    for c in ws.list_corrections():  # every published correction is whole
+        assert c.mask_path.is_file() and (c.path / "meta.json").is_file()
+
+
+def test_long_or_odd_scan_names_are_stored_safely(tmp_path):
+    ws = Workspace(tmp_path)
+    rec = ws.save_correction(b"scan", "scan." + "x" * 300, np.ones((4, 4)), author="a", model_version="v1",
+                             source="raw")
+    assert rec.scan_path.name == "scan.bin" and rec.scan_name == "scan." + "x" * 300
+    rec = ws.save_correction(b"scan", "../../etc/brain.nii.gz", np.ones((4, 4)), author="a", model_version="v1",
+                             source="raw")
+    assert rec.scan_path.name == "scan.nii.gz" and rec.scan_path.parent == rec.path

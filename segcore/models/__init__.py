@@ -24,7 +24,13 @@ __all__ = [
     "ModelConfig",
     "save_model",
     "load_model",
+    "validate_model",
+    "ModelFileError",
 ]
+
+
+class ModelFileError(ValueError):
+    """A model folder is missing, corrupt, truncated or does not match its config."""
 
 MODEL_REGISTRY: dict[str, Callable[..., keras.Model]] = {
     "unet": build_unet,
@@ -65,7 +71,6 @@ class ModelConfig:
     channels: int = 1
     normalisation: dict = dataclasses.field(
         default_factory=lambda: {"type": "relative_window", "percentile": 75.0, "offset": 0.0, "width": 400.0})
-    window: tuple[float, float] = (40.0, 400.0)
     builder_kwargs: dict = dataclasses.field(default_factory=dict)
     version: str = "v1"
     parent_version: str | None = None
@@ -76,7 +81,6 @@ class ModelConfig:
     def __post_init__(self) -> None:
         self.class_names = tuple(self.class_names)
         self.input_size = tuple(int(s) for s in self.input_size)  # type: ignore[assignment]
-        self.window = tuple(float(v) for v in self.window)  # type: ignore[assignment]
         if len(self.class_names) != self.num_classes:
             raise ValueError(
                 f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}."
@@ -99,7 +103,8 @@ def save_model(model: keras.Model, config: ModelConfig, directory: str | Path) -
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp", dir=directory.parent))
+    # the writer's pid in the name lets a later start remove what a killed writer left (segcore.store)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-{os.getpid()}-", dir=directory.parent))
     try:
         model.save(tmp / "model.keras")
         (tmp / "config.json").write_text(config.to_json())
@@ -119,7 +124,18 @@ def save_model(model: keras.Model, config: ModelConfig, directory: str | Path) -
 
 
 def load_model(directory: str | Path, *, compile: bool = False) -> tuple[keras.Model, ModelConfig]:
-    """Load a model saved by :func:`save_model` (``safe_mode=True``)."""
+    """Load a model saved by :func:`save_model` (``safe_mode=True``) and check it against its config.
+
+    Raises
+    ------
+    FileNotFoundError
+        The folder has no ``model.keras`` or ``config.json``.
+    ModelFileError
+        The model file is corrupt or truncated, the config is unreadable, or the network's input
+        channels / number of classes differ from what ``config.json`` says.
+    """
+    import zipfile
+
     from .. import losses  # noqa: F401  - registers custom objects
 
     directory = Path(directory)
@@ -129,6 +145,30 @@ def load_model(directory: str | Path, *, compile: bool = False) -> tuple[keras.M
         raise FileNotFoundError(
             f"No model in '{directory}': expected model.keras and config.json written by segcore.save_model."
         )
-    config = ModelConfig.from_dict(json.loads(cfg_path.read_text()))
-    model = keras.saving.load_model(path, compile=compile, safe_mode=True)
+    try:
+        config = ModelConfig.from_dict(json.loads(cfg_path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"'{cfg_path}' is not a valid model config: {exc}") from exc
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"'{path}' is a corrupt or truncated model file (not a Keras .keras archive); "
+                             "re-save or restore the model version.")
+    try:
+        model = keras.saving.load_model(path, compile=compile, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 - keras reports broken archives in many ways
+        raise ModelFileError(f"'{path}' is a corrupt or truncated model file: {type(exc).__name__}: {exc}") from exc
+    validate_model(model, config, where=str(directory))
     return model, config
+
+
+def validate_model(model: keras.Model, config: ModelConfig, where: str = "model") -> None:
+    """Raise :class:`ModelFileError` if the network's input channels or classes differ from ``config``."""
+    try:
+        channels = int(model.inputs[0].shape[-1])
+        classes = int(model.outputs[0].shape[-1])
+    except (AttributeError, IndexError, TypeError) as exc:
+        raise ModelFileError(f"{where}: cannot read the network's input/output shape: {exc}") from exc
+    if channels != config.channels or classes != config.num_classes:
+        raise ModelFileError(
+            f"{where}: the network takes {channels} input channel(s) and predicts {classes} class(es), but its "
+            f"config.json says {config.channels} channel(s) and {config.num_classes} class(es) "
+            f"{list(config.class_names)}.")
