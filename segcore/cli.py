@@ -117,41 +117,25 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    import cv2
+    from .batch import BatchConfig, ray_available, run_batch
 
-    from .infer import predict_proba
-    from .io import ScanError, load_scan
-    from .models import load_model
-    from .viz import save_label_nifti
-
-    model, config = load_model(args.model)
-    src = Path(args.input)
-    files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    for i, f in enumerate(files, 1):
-        try:
-            scan = load_scan(f)
-        except ScanError as exc:
-            print(f"\r[{i}/{len(files)}] skipped {f.name}: {exc}", file=sys.stderr)
-            failures += 1
-            continue
-        stem = f.name.split(".")[0]
-        if scan.is_volume:
-            labels = np.stack([predict_proba(model, scan.pixels[z], config).argmax(-1) for z in range(scan.num_slices)])
-            for z in range(labels.shape[0]):
-                cv2.imwrite(str(out / f"{stem}_z{z:03d}_mask.png"), labels[z].astype(np.uint8))
-        else:
-            labels = predict_proba(model, scan.slice(), config).argmax(-1)
-            cv2.imwrite(str(out / f"{stem}_mask.png"), labels.astype(np.uint8))
-        if scan.format == "nifti" or scan.affine is not None:
-            save_label_nifti(labels.astype(np.uint8), scan, out / f"{stem}_mask.nii.gz")
-        bar = "#" * int(30 * i / len(files))
-        print(f"\r[{bar:<30}] {i}/{len(files)} {f.name}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-    print(f"wrote masks for {len(files) - failures} of {len(files)} files to {out}")
-    return 1 if failures == len(files) else 0
+    engine = args.engine
+    if engine == "ray" and not ray_available():
+        print("Ray is not installed (pip install 'ray[data]'); use --engine local to run in this process.",
+              file=sys.stderr)
+        return 2
+    if engine == "auto" and not ray_available():
+        print("Ray is not installed: segmenting in this process (--engine local).", file=sys.stderr)
+    cfg = BatchConfig(model_dir=args.model, refine=not args.no_refine, runtime=args.runtime, table=args.table,
+                      scans_per_batch=args.scans_per_batch)
+    report = run_batch(args.input, args.out, cfg, engine=engine, workers=args.workers, address=args.address,
+                       progress=not args.quiet)
+    print(f"{report.processed} scans segmented, {report.skipped} already complete, {report.failed} failed, "
+          f"in {report.seconds:.1f} s ({report.engine}, {report.workers} worker(s)); masks for {report.ok} of "
+          f"{report.total} scans in {args.out}; table: {report.table}")
+    if args.json_report:
+        Path(args.json_report).write_text(json.dumps(report.to_json(), indent=1))
+    return 1 if report.total and report.failed == report.processed == report.total else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,10 +177,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write the metrics to this JSON file")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("predict", help="write masks for a file or folder of scans")
-    p.add_argument("input", help="a scan file or a folder")
+    p = sub.add_parser("predict", help="segment a file or a folder of scans (Ray Data or this process; resumable)")
+    p.add_argument("input", help="a scan file or a folder (searched recursively)")
     p.add_argument("--model", default="sample_data/models/default")
     p.add_argument("--out", default="predictions")
+    p.add_argument("--engine", choices=["auto", "ray", "local"], default="auto",
+                   help="ray: an actor pool on Ray Data; local: one process; auto: ray when installed")
+    p.add_argument("--workers", type=int, default=None, help="Ray workers (model replicas); default: CPU count")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster, e.g. ray://head:10001 (default: RAY_ADDRESS, else a private local Ray)")
+    p.add_argument("--no-refine", action="store_true", help="write the raw argmax instead of the refined labels")
+    p.add_argument("--runtime", default="auto",
+                   help="auto, keras, openvino, openvino-bf16 or onnxruntime (see docs/SCALING.md)")
+    p.add_argument("--table", default="results.csv", help="results table in OUT: *.csv or *.parquet")
+    p.add_argument("--scans-per-batch", type=int, default=2, help="scans per worker call")
+    p.add_argument("--json-report", default=None, help="also write the run's summary to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("make-sample-data", help="regenerate the synthetic phantom set byte-for-byte")
