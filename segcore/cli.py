@@ -20,7 +20,36 @@ def _cmd_make_sample_data(args) -> int:
     return 0
 
 
+def _launch_workers(args) -> int:
+    """``train --workers N`` without TF_CONFIG: N worker processes of one loopback cluster (worker 0 saves)."""
+    from .distributed import launch_local_workers
+
+    argv, skip = [], False
+    for a in args.argv:
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        elif not a.startswith("--workers="):
+            argv.append(a)
+    codes = launch_local_workers(argv, args.workers)
+    if any(codes):
+        print(f"training workers exited with {codes}", file=sys.stderr)
+    return max(codes, key=abs)
+
+
 def _cmd_train(args) -> int:
+    from .distributed import cluster_config
+
+    if args.workers > 1 and cluster_config() is None:
+        return _launch_workers(args)
+    cluster = cluster_config()
+    strategy = None
+    if cluster is not None:  # one worker of a cluster: the strategy must exist before any other TensorFlow op
+        from .distributed import multi_worker_strategy
+
+        strategy = multi_worker_strategy()
+
     import keras
 
     from .data import list_pairs, make_dataset
@@ -45,10 +74,17 @@ def _cmd_train(args) -> int:
     )
     tr_i, tr_m = list_pairs(data / "train")
     va_i, va_m = list_pairs(data / "val")
-    train_ds = make_dataset(tr_i, tr_m, config, batch_size=args.batch_size, shuffle=True, augment_data=True,
-                            seed=args.seed, crop=args.crop or None, repeat=args.steps_per_epoch is not None)
+    train_ds = make_dataset(tr_i, tr_m, config, batch_size=args.batch_size, shuffle=True,
+                            augment_data=not args.no_augment, seed=args.seed, crop=args.crop or None,
+                            repeat=args.steps_per_epoch is not None)
     val_ds = make_dataset(va_i, va_m, config, batch_size=8)
-    strategy = make_strategy(args.devices)
+    if cluster is not None:  # every worker reads the same files and keeps its share of each global batch
+        import tensorflow as tf
+
+        opts = tf.data.Options()
+        opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        train_ds, val_ds = train_ds.with_options(opts), val_ds.with_options(opts)
+    strategy = strategy or make_strategy(args.devices)
     with strategy.scope():
         kwargs = dict(config.builder_kwargs)
         shape = (None, None, 1) if args.model.startswith("unet") else (args.size, args.size, 1)
@@ -72,11 +108,25 @@ def _cmd_train(args) -> int:
     def progress(rec):
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}), flush=True)
 
+    from .distributed import is_chief, weights_fingerprint, worker_index
+
+    chief = is_chief(cluster)
+    initial = [w.copy() for w in model.get_weights()] if cluster is not None else []
+    # with a cluster, the GradientTape loop: Keras 3.15's model.fit cannot take MultiWorkerMirroredStrategy's
+    # distributed batches (it fails converting PerReplica values)
     history = train(model, train_ds, val_ds, num_classes=config.num_classes, epochs=args.epochs, loss=loss,
                     steps_per_epoch=args.steps_per_epoch,
-                    learning_rate=args.lr, out_dir=Path(args.out) / "logs" if args.logs else None,
-                    custom_loop=args.custom_loop, strategy=strategy, patience=args.patience, progress=progress)
+                    learning_rate=args.lr, out_dir=Path(args.out) / "logs" if args.logs and chief else None,
+                    custom_loop=args.custom_loop or cluster is not None, strategy=strategy, patience=args.patience,
+                    progress=progress if chief else None)
     elapsed = time.perf_counter() - t0
+    if cluster is not None:
+        update = max(float(np.abs(a - b).max()) for a, b in zip(model.get_weights(), initial))
+        print(json.dumps({"worker": worker_index(cluster), "weights_sha256": weights_fingerprint(model),
+                          "max_weight_update": update, "epochs_run": len(history), "first": history[0],
+                          "last": history[-1]}), flush=True)
+        if not chief:  # the chief saves; the others' copies are the same weights
+            return 0
     from .data import load_mask
     from .io import load_scan
 
@@ -165,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="ce, weighted_ce, dice, jaccard, ce_dice, wce_batch_dice, learned_ce_dice")
     p.add_argument("--custom-loop", action="store_true", help="use the GradientTape loop instead of model.fit")
     p.add_argument("--devices", type=int, default=None, help="replicas for MirroredStrategy")
+    p.add_argument("--workers", type=int, default=1,
+                   help="train as N worker processes of this machine (MultiWorkerMirroredStrategy on loopback "
+                        "ports; --batch-size is the global batch); on several machines set TF_CONFIG instead")
+    p.add_argument("--no-augment", action="store_true", help="no random flips/rotations/intensity changes")
     p.add_argument("--version", default="v1")
     p.add_argument("--init", default=None, help="start from the weights of this .keras file (continue training)")
     p.add_argument("--seed", type=int, default=0)
@@ -223,4 +277,5 @@ def main(argv: list[str] | None = None) -> int:
         a.data, a.out, steps=a.steps, batch_size=a.batch_size, learning_rate=a.lr) and 0)
 
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     return int(args.func(args) or 0)
