@@ -243,6 +243,9 @@ class ScanWorker:
                                                                                                    threads))
         self.refine = RefineConfig() if cfg.refine else no_refinement()
         self.identity = run_identity(cfg)
+        # load (or export) the compiled model and trace the network now, not inside the first scan
+        h, w = self.config.input_size
+        self.predictor(np.zeros((1, h, w, self.config.channels), np.float32), training=False)
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
