@@ -137,17 +137,20 @@ def _sha256_files(paths: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def discover(input_path: str | Path) -> list[ScanSource]:
+def discover(input_path: str | Path, exclude: str | Path | None = None) -> list[ScanSource]:
     """The scans under ``input_path`` (a folder, searched recursively, or one file), sorted, with input hashes.
 
-    Hidden files and folders (names starting with ".") are left out.
+    Hidden files and folders (names starting with ".") are left out, and so is ``exclude`` (the output folder,
+    when it lies inside the input folder).
     """
     root = Path(input_path)
+    skip = Path(exclude).resolve() if exclude is not None else None
     if root.is_file():
         files, base = [root], root.parent
     elif root.is_dir():
         files = sorted(p for p in root.rglob("*") if p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(root).parts))
+                       and not any(part.startswith(".") for part in p.relative_to(root).parts)
+                       and not (skip is not None and p.resolve().is_relative_to(skip)))
         base = root
     else:
         raise FileNotFoundError(f"No such file or folder: '{root}'. Expected a scan file or a folder of scans.")
@@ -509,7 +512,7 @@ def run_batch(input_path: str | Path, out_dir: str | Path, cfg: BatchConfig | No
         engine = "ray" if ray_available() else "local"
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
-    sources = discover(input_path)
+    sources = discover(input_path, exclude=out_dir)
     identity = run_identity(cfg)
     stems = _output_stems(sources)
     sources = [dataclasses.replace(s, stem=stems[s.rel]) for s in sources]

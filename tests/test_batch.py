@@ -172,6 +172,9 @@ def test_output_names_stay_unique_and_config_is_checked(tmp_path):
         (tmp_path / n).write_bytes(b"x")
     stems = _output_stems(discover(tmp_path))
     assert stems == {"a.png": "a_png", "a.tif": "a_tif", "b.nii.gz": "b", "d/c.dcm": "d/c"}
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a_mask.png").write_bytes(b"x")
+    assert "out/a_mask.png" not in {s.rel for s in discover(tmp_path, exclude=tmp_path / "out")}
     with pytest.raises(ValueError, match="table must end with .csv or .parquet. Got 'r.xlsx'"):
         BatchConfig(table="r.xlsx")
     with pytest.raises(FileNotFoundError, match="No such file or folder"):
