@@ -410,11 +410,10 @@ def _run_local(todo: list[ScanSource], cfg: BatchConfig, out_dir: Path, threads:
         yield worker.process(src)
 
 
-def _ray_init(address: str | None, num_cpus: int | None):
+def _ray_init(address: str | None, num_cpus: int | None) -> Path | None:
+    """Connect to ``address`` or start a private local Ray; returns the local instance's temp dir (else None)."""
     import ray
 
-    if ray.is_initialized():
-        return ray
     # the marker lets an operator (and bench/batch.py) find this run's worker processes
     env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
            "SEGCORE_BATCH_DRIVER": str(os.getpid())}
@@ -422,40 +421,50 @@ def _ray_init(address: str | None, num_cpus: int | None):
     if address:  # an existing cluster: ship this segcore package to its workers
         ray.init(address=address, runtime_env={"py_modules": [str(Path(__file__).resolve().parent)],
                                                "env_vars": env}, logging_level="ERROR", log_to_driver=False)
-    else:  # a private local instance: no dashboard, small object store, its own temp dir
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
-        ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, logging_level="ERROR",
-                 log_to_driver=False, object_store_memory=256 * 1024 ** 2,
-                 _temp_dir=f"/tmp/ray-segcore-{os.getpid()}", runtime_env={"env_vars": env})
-    return ray
+        return None
+    # a private local instance: no dashboard, small object store, its own temp dir (short: Ray's socket paths)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    temp = Path(f"/tmp/ray-segcore-{os.getpid()}")
+    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False, logging_level="ERROR",
+             log_to_driver=False, object_store_memory=256 * 1024 ** 2, _temp_dir=str(temp),
+             runtime_env={"env_vars": env})
+    return temp
 
 
 def _run_ray(todo: list[ScanSource], cfg: BatchConfig, out_dir: Path, workers: int, address: str | None
              ) -> Iterator[dict]:
     import logging
+    import shutil
 
-    _ray_init(address, None)
     import ray
     import ray.data
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    owned = not ray.is_initialized()  # a caller's own Ray session is used as it is, and left running
+    temp = _ray_init(address, None) if owned else None
 
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the run's own progress line instead
     ctx.enable_operator_progress_bars = False
     cpus = ray.cluster_resources().get("CPU", 1.0)
-    per_worker = max(1, int(cpus // workers)) if not address else 1
+    per_worker = max(1, int(cpus // workers)) if temp is not None else 1
     ds = ray.data.from_items([s.to_item() for s in todo],
                              override_num_blocks=max(1, min(len(todo), -(-len(todo) // cfg.scans_per_batch))))
     ds = ds.map_batches(ScanWorker, fn_constructor_kwargs={"cfg": cfg, "out_dir": str(out_dir), "threads": per_worker},
                         batch_size=cfg.scans_per_batch, batch_format="numpy", num_cpus=per_worker,
                         compute=ray.data.ActorPoolStrategy(size=workers))
     # Ray Data restarts a killed actor and retries its batch (max_restarts=-1, max_task_retries=-1 by default)
+    finished = False
     try:
         for row in ds.iter_rows():
             yield json.loads(row["record"])
+        finished = True
     finally:
-        if not address:
+        if owned:
             ray.shutdown()
+        if temp is not None and finished:  # keep the logs of a failed run
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def _write_table(out_dir: Path, cfg: BatchConfig, sources: list[ScanSource]) -> tuple[Path, int]:
