@@ -16,7 +16,8 @@ Resumable: a scan whose manifest matches its input hash and the run identity, an
 recorded hashes, is skipped, so a crash or a killed worker loses at most the scans in flight. Outputs are written
 atomically and the manifest last. A scan that cannot be read (:class:`~segcore.io.ScanError`) is recorded as
 failed with its error and never stops the run (and is not retried while its bytes are unchanged); any other error
-in one scan is recorded too and retried by the next run.
+in one scan is recorded too and retried by the next run, and so is a scan whose worker died
+:data:`MAX_ATTEMPTS` times while segmenting it (Ray restarts killed workers and retries their batches).
 
 Engines: ``"ray"`` runs an actor pool on Ray Data (the model is loaded once per worker; a local Ray instance is
 started unless ``address`` or ``RAY_ADDRESS`` names a cluster); ``"local"`` runs the same :class:`ScanWorker` in
@@ -58,6 +59,7 @@ __all__ = [
 ]
 
 MANIFEST_DIR = ".manifests"
+MAX_ATTEMPTS = 3  # a scan whose worker died this often while segmenting it is recorded as failed
 TAIL_COLUMNS = ["load_ms", "predict_ms", "refine_ms", "write_ms", "total_ms", "output", "runtime", "model_version",
                 "worker"]
 MANIFEST_FORMAT = 1
@@ -195,6 +197,11 @@ def manifest_path(out_dir: Path, rel: str) -> Path:
     return out_dir / MANIFEST_DIR / f"{rel}.json"
 
 
+def attempts_path(out_dir: Path, rel: str) -> Path:
+    """Counts starts on a scan not yet finished: a worker killed mid-scan (OOM, decoder crash) leaves it behind."""
+    return out_dir / MANIFEST_DIR / f"{rel}.attempts"
+
+
 def is_complete(out_dir: Path, src: ScanSource, identity: dict) -> bool:
     """True when the manifest of ``src`` matches its bytes and ``identity`` and every output has its hash."""
     try:
@@ -268,7 +275,18 @@ class ScanWorker:
                                "model_version": self.identity["model_version"]}
         manifest: dict[str, Any] = {"format": MANIFEST_FORMAT, "source": src.rel, "input_sha256": src.sha256,
                                     "identity": self.identity}
+        from .store import atomic_write
+
+        tries = attempts_path(self.out_dir, src.rel)
         try:
+            started_before = int(tries.read_text())
+        except (OSError, ValueError):
+            started_before = 0
+        try:
+            if started_before >= MAX_ATTEMPTS:  # a poison scan: Ray would retry it forever
+                raise RuntimeError(f"the worker died {started_before} times while segmenting this scan (out of "
+                                   "memory or a crash in a decoder); not retried again in this run")
+            atomic_write(tries, str(started_before + 1))
             scan = SOURCE_LOADERS[src.kind](src)
             row["load_ms"] = round((time.perf_counter() - t0) * 1000, 2)
             labels, timings = self._segment(scan)
@@ -287,9 +305,8 @@ class ScanWorker:
         row["runtime"] = getattr(self.predictor, "active", None) or "keras"
         row["total_ms"] = round((time.perf_counter() - t0) * 1000, 2)
         manifest.update(status=row["status"], error=row["error"], row=row)
-        from .store import atomic_write
-
         atomic_write(manifest_path(self.out_dir, src.rel), json.dumps(manifest, indent=1, sort_keys=True))
+        tries.unlink(missing_ok=True)  # the next run gives a crashed scan a fresh set of attempts
         return {"row": row, "span": [started, time.time()]}
 
     def _segment(self, scan) -> tuple[np.ndarray, dict]:

@@ -117,6 +117,24 @@ def test_rerun_skips_complete_scans_and_redoes_what_is_missing_or_corrupt(archiv
     np.testing.assert_array_equal(load_mask(out / "a_mask.png"), segment(scan, model, config, False).raw)
 
 
+@pytest.mark.slow
+def test_a_scan_that_kept_killing_its_worker_is_recorded_not_retried_forever(tmp_path, root):
+    from segcore.batch import MAX_ATTEMPTS, attempts_path
+
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "poison.png").write_bytes((root / "sample_data/demo/phantom_ct_256_hu+1024.png").read_bytes())
+    out = tmp_path / "out"
+    attempts_path(out, "poison.png").parent.mkdir(parents=True)
+    attempts_path(out, "poison.png").write_text(str(MAX_ATTEMPTS))  # as left by workers killed mid-scan
+    rep = run_batch(src, out, _cfg(root), engine="local", progress=False)
+    assert (rep.processed, rep.failed) == (1, 1)
+    assert "died 3 times while segmenting this scan" in _table(out)["poison.png"]["error"]
+    assert not attempts_path(out, "poison.png").exists()
+    rep = run_batch(src, out, _cfg(root), engine="local", progress=False)  # the next run tries it again
+    assert (rep.processed, rep.failed, rep.ok) == (1, 0, 1)
+
+
 PREDICT = [sys.executable, "-m", "segcore", "predict"]
 
 
