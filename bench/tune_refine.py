@@ -1,7 +1,8 @@
 """Choose the refinement defaults on the validation split, then report them on the test split.
 
 Grid over the dense CRF's appearance kernel (segcore's CRF) and the morphology steps, scored by mean
-foreground Dice of the default model's refined masks on sample_data/phantom/val. The chosen values become
+foreground Dice of the default model's refined masks on sample_data/phantom/val. The CRF sees exactly what it
+sees in the app and the CLI: the slice as the model normalises it (segcore.pipeline.model_view). The chosen values become
 RefineConfig's defaults (the app's sliders start there); the test-split figures go to
 bench/results/refine.json, with pydensecrf run on the same chosen parameters as the peer.
 
@@ -21,15 +22,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 
 def load(split, model, config):
-    from segcore.data import list_pairs, load_mask
-    from segcore.infer import predict_batch
-    from segcore.io import load_scan, window
+    """Per image: what the CRF sees (segcore.pipeline.model_view), the model's probabilities, the ground truth."""
+    from segcore.labels import load_gt_pairs
+    from segcore.pipeline import model_view, predict
 
-    imgs, masks = list_pairs(ROOT / "sample_data" / "phantom" / split)
-    scans = [load_scan(p).slice() for p in imgs]
-    probs = predict_batch(model, scans, config)
-    disp = [window(s, 40 + 1024, 400) for s in scans]  # stored PNGs are HU + 1024
-    return disp, probs, [load_mask(p) for p in masks]
+    _, masks, scans = load_gt_pairs(ROOT / "sample_data" / "phantom" / split)
+    preds = [predict(s, model, config) for s in scans]
+    return [model_view(p.image, config) for p in preds], [p.probs for p in preds], masks
 
 
 def score(disp, probs, gts, cfg, k=3):

@@ -16,7 +16,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["apply_strokes", "stroke_to_polyline", "color_to_class", "class_color"]
+__all__ = ["apply_strokes", "stroke_to_polyline", "color_to_class", "class_color", "changed_pixels"]
 
 
 def class_color(label: int, palette: np.ndarray) -> str:
@@ -95,6 +95,9 @@ def stroke_to_polyline(obj: dict) -> tuple[np.ndarray, bool]:
         filled = closed or (obj.get("fill") not in (None, "", "transparent") and len(verts) > 2
                             and obj.get("strokeWidth", 0) == 0)
         return verts, closed or filled
+    if kind in ("polygon", "polyline"):  # fabric 7's polygon tool: points in the object's own frame
+        pts = np.array([[float(p["x"]), float(p["y"])] for p in obj.get("points", [])], float).reshape(-1, 2)
+        return _place(pts, obj), kind == "polygon"
     if kind == "rect":
         w = float(obj["width"]) * float(obj.get("scaleX", 1))
         h = float(obj["height"]) * float(obj.get("scaleY", 1))
@@ -182,9 +185,9 @@ def apply_strokes(mask: np.ndarray, objects: Iterable[dict], scale: float | Sequ
         verts, filled = stroke_to_polyline(obj)
         if len(verts) == 0:
             continue
-        color = obj.get("fill") if filled and str(obj.get("type", "")).lower() != "path" else obj.get("stroke")
-        if filled and str(obj.get("type", "")).lower() == "path":
-            color = obj.get("stroke") or obj.get("fill")
+        kind = str(obj.get("type", "")).lower()
+        color = obj.get("stroke") or obj.get("fill") if kind in ("path", "polygon") else \
+            (obj.get("fill") if filled else obj.get("stroke"))
         if eraser_color is not None and (color or "").lower() == eraser_color.lower():
             label = 0
         else:
@@ -195,6 +198,16 @@ def apply_strokes(mask: np.ndarray, objects: Iterable[dict], scale: float | Sequ
         if filled:
             _fill_polygon(out, v, label)
         else:
-            width = float(obj.get("strokeWidth", 1)) * (sx + sy) / 2
-            _paint_polyline(out, v, width / 2, label)
+            _paint_polyline(out, v, float(obj.get("strokeWidth", 1)) * (sx + sy) / 4, label)
     return out
+
+
+def changed_pixels(before: np.ndarray, after: np.ndarray) -> int:
+    """How many pixels an edit changed.
+
+    Examples
+    --------
+    >>> changed_pixels(np.zeros((2, 2)), np.eye(2))
+    2
+    """
+    return int((np.asarray(before) != np.asarray(after)).sum())

@@ -77,11 +77,10 @@ def _cmd_train(args) -> int:
                     learning_rate=args.lr, out_dir=Path(args.out) / "logs" if args.logs else None,
                     custom_loop=args.custom_loop, strategy=strategy, patience=args.patience, progress=progress)
     elapsed = time.perf_counter() - t0
-    from .data import load_mask
-    from .io import load_scan
+    from .labels import load_gt_pairs
 
-    te_i, te_m = list_pairs(data / "test")
-    ev = evaluate_model(model, config, [load_scan(p).slice() for p in te_i], [load_mask(p) for p in te_m])
+    te_images, te_masks, _ = load_gt_pairs(data / "test")
+    ev = evaluate_model(model, config, te_images, te_masks)
     config.metrics = {"test": ev, "train_seconds": round(elapsed, 1), "epochs_run": len(history),
                       "seconds_per_epoch": round(float(np.median([h["seconds"] for h in history])), 2)}
     model.compile()
@@ -90,22 +89,16 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _load_gt_pairs(folder: Path):
-    from .data import list_pairs, load_mask
-    from .io import load_scan
-
-    imgs, masks = list_pairs(folder)
-    return imgs, [load_scan(p) for p in imgs], [load_mask(p) for p in masks]
-
-
 def _cmd_evaluate(args) -> int:
     from .models import load_model
     from .train import evaluate_model
 
+    from .labels import load_gt_pairs
+
     model, config = load_model(args.model)
-    _, scans, masks = _load_gt_pairs(Path(args.data))
+    images, masks, scans = load_gt_pairs(Path(args.data))
     spacing = scans[0].slice_spacing() if scans and scans[0].spacing else None
-    ev = evaluate_model(model, config, [s.slice() for s in scans], masks, spacing)
+    ev = evaluate_model(model, config, images, masks, spacing)
     print(f"{'class':<14}{'dice':>8}{'iou':>8}{'hd95':>9}")
     for name, row in ev["per_class"].items():
         print(f"{name:<14}{row['dice']:8.4f}{row['iou']:8.4f}{row['hd95']:9.2f}")

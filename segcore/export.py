@@ -18,7 +18,8 @@ from .refine import label_components
 from .review import ReviewStore
 from .viz import nifti_bytes, overlay, png_bytes
 
-__all__ = ["rle_encode", "rle_decode", "coco_instances", "export_session", "slug", "csv_safe"]
+__all__ = ["rle_encode", "rle_decode", "coco_instances", "coco_from_detections", "instance_rows", "export_session",
+           "slug", "csv_safe"]
 
 
 def slug(text: str, max_len: int = 40) -> str:
@@ -96,6 +97,24 @@ def coco_instances(labels: np.ndarray, image_id: int, class_names: Sequence[str]
                          "category_name": class_names[c] if c < len(class_names) else str(c)})
             aid += 1
     return anns
+
+
+def coco_from_detections(det: dict, class_names: Sequence[str], file_name: str, shape: tuple[int, int]) -> dict:
+    """A COCO results file (one image) from detector output (boxes x,y,w,h, scores, classes, masks)."""
+    return {"images": [{"id": 1, "file_name": file_name, "height": int(shape[0]), "width": int(shape[1])}],
+            "categories": [{"id": i, "name": n} for i, n in enumerate(class_names) if i],
+            "annotations": [{"id": k + 1, "image_id": 1, "category_id": int(c), "score": float(s), "iscrowd": 0,
+                             "bbox": [float(v) for v in b], "area": int(m.sum()), "segmentation": rle_encode(m)}
+                            for k, (b, s, c, m) in enumerate(zip(det["boxes"], det["scores"], det["classes"],
+                                                                 det["masks"]))]}
+
+
+def instance_rows(det: dict, class_names: Sequence[str], spacing=None) -> list[dict]:
+    """One table row per detected instance (class, score, box, area in px and mm²)."""
+    return [{"instance": k + 1, "class": class_names[int(c)], "score": round(float(s), 3),
+             "box (x, y, w, h)": tuple(round(float(v), 1) for v in b), "area (px)": int(m.sum()),
+             "area (mm²)": round(int(m.sum()) * spacing[0] * spacing[1], 1) if spacing else None}
+            for k, (b, s, c, m) in enumerate(zip(det["boxes"], det["scores"], det["classes"], det["masks"]))]
 
 
 def _display(scan_bytes: bytes, name: str, slice_index):

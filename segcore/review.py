@@ -716,3 +716,19 @@ def submit_verdict(store: ReviewStore, workspace, case_id: int, reviewer: str, v
             workspace.discard_staged(staged)
         raise
     return vid, (workspace.commit_correction(staged) if staged is not None else None)
+
+
+def queue_scan(store: ReviewStore, session_id: int, data: bytes, name: str, model, config, refine=None, *,
+               who: str = "system") -> int:
+    """Segment a scan through :mod:`segcore.pipeline` (middle slice of a volume) and add it as a case.
+
+    The case keeps the model's raw and refined masks and the mean predictive entropy (the queue's
+    uncertainty). Raises :class:`segcore.io.ScanError` for files that cannot be read.
+    """
+    from .io import load_scan
+    from .pipeline import segment
+
+    scan = load_scan(data, name)
+    seg = segment(scan, model, config, refine)
+    return store.add_case(session_id, data, name, seg.raw, seg.refined, slice_index=seg.slice_index,
+                          uncertainty=seg.mean_entropy, spacing=seg.spacing, who=who)

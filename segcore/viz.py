@@ -11,7 +11,8 @@ from .io import Scan
 from .labels import png_bytes
 
 __all__ = ["instances_image", "PALETTE", "overlay", "contours", "diff_image", "to_rgb", "png_bytes", "save_label_nifti",
-           "nifti_bytes", "colorize"]
+           "nifti_bytes", "colorize", "instance_colours", "place_labels", "canvas_background", "class_hex",
+           "view_panels", "instance_labels", "VIEWS"]
 
 # RGB per class (0 = background, unused)
 PALETTE = np.array([
@@ -87,18 +88,103 @@ def save_label_nifti(labels: np.ndarray, scan: Scan | None, path: str | Path) ->
     return path
 
 
-def instances_image(gray_u8: np.ndarray, masks: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
-                    alpha: float = 0.5) -> np.ndarray:
-    """Each instance in its own colour, with its box and score (boxes are x, y, w, h)."""
+def instances_image(gray_u8: np.ndarray, masks: np.ndarray, boxes: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Each instance filled in its own colour with its box outline (boxes are x, y, w, h); labels are drawn by
+    the figure (:func:`place_labels`), so they stay legible at any zoom."""
     out = to_rgb(gray_u8).astype(np.float32)
-    rng = np.random.default_rng(7)
-    colours = rng.integers(70, 256, (max(len(masks), 1), 3)).astype(np.float32)
+    colours = instance_colours(len(masks))
     for m, c in zip(masks, colours):
         out[m] = (1 - alpha) * out[m] + alpha * c
     out = np.clip(out, 0, 255).astype(np.uint8)
-    for k, (b, s, c) in enumerate(zip(boxes, scores, colours)):
+    for b, c in zip(boxes, colours):
         x, y, w, h = (int(round(v)) for v in b)
-        col = tuple(int(v) for v in c)
-        cv2.rectangle(out, (x, y), (x + w, y + h), col, 1)
-        cv2.putText(out, f"{k + 1}:{s:.2f}", (x, max(y - 2, 8)), cv2.FONT_HERSHEY_SIMPLEX, 0.3, col, 1, cv2.LINE_AA)
+        cv2.rectangle(out, (x, y), (x + w, y + h), tuple(int(v) for v in c), 1)
     return out
+
+
+def instance_colours(n: int) -> np.ndarray:
+    """``n`` distinct bright RGB colours (seeded, stable between calls)."""
+    rng = np.random.default_rng(7)
+    return rng.integers(70, 256, (max(n, 1), 3)).astype(np.float32)[:max(n, 0)]
+
+
+def place_labels(boxes: np.ndarray, texts: list[str], image_shape: tuple[int, int], screen_scale: float,
+                 char_px: float = 7.0, line_px: float = 16.0) -> list[tuple[float, float] | None]:
+    """Where to put each instance's label so that labels do not overlap: ``(row, col)`` or None (left out).
+
+    Tries above the box, inside its top-left corner, then below it; a label that fits nowhere is left out
+    (the instance table still lists it). ``screen_scale`` is screen pixels per image pixel.
+
+    Examples
+    --------
+    >>> b = np.array([[10, 10, 20, 20], [12, 12, 20, 20]], float)
+    >>> place_labels(b, ["1", "2"], (100, 100), 1.0)  # the second label goes below its box
+    [(0.0, 10.0), (32.0, 12.0)]
+    """
+    h, w = image_shape
+    placed: list[tuple[float, float, float, float]] = []
+    out: list[tuple[float, float] | None] = []
+    lh = line_px / screen_scale
+    for (x, y, bw, bh), text in zip(boxes, texts):
+        lw = (len(text) * char_px + 6) / screen_scale
+        spot = None
+        for r in (y - lh, y, y + bh):  # top edge of the label: above, inside, below
+            r = min(max(r, 0.0), h - lh)
+            c = min(max(x, 0.0), max(w - lw, 0.0))
+            rect = (r, c, r + lh, c + lw)
+            if all(rect[2] <= p[0] or rect[0] >= p[2] or rect[3] <= p[1] or rect[1] >= p[3] for p in placed):
+                spot = (r, c)
+                placed.append(rect)
+                break
+        out.append(None if spot is None else (round(float(spot[0]), 1), round(float(spot[1]), 1)))
+    return out
+
+
+def class_hex(label: int) -> str:
+    """The class's overlay colour as '#rrggbb' (what the legend and the drawing tools use)."""
+    r, g, b = (int(v) for v in PALETTE[label % len(PALETTE)])
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def canvas_background(gray_u8: np.ndarray, labels: np.ndarray, width: int, height: int, alpha: float = 0.4):
+    """The overlay resized (nearest neighbour) to the drawing canvas, as a PIL image."""
+    from PIL import Image
+
+    return Image.fromarray(overlay(gray_u8, labels, alpha)).resize((int(width), int(height)), Image.NEAREST)
+
+
+VIEWS = ("Overlay", "Contours", "Side by side", "Difference")
+
+
+def view_panels(view: str, display: np.ndarray, raw: np.ndarray, refined: np.ndarray, alpha: float = 0.45,
+                instances: dict | None = None) -> list[tuple[str, np.ndarray]]:
+    """The titled RGB panels of one viewer mode ("Overlay", "Contours", "Side by side", "Difference", "Instances").
+
+    ``display`` is the windowed slice (uint8); ``instances`` the detector output for the "Instances" view.
+    """
+    if view == "Overlay":
+        return [("Raw", overlay(display, raw, alpha)), ("Refined", overlay(display, refined, alpha))]
+    if view == "Contours":
+        return [("Raw", contours(display, raw)), ("Refined", contours(display, refined))]
+    if view == "Side by side":
+        return [("Scan", to_rgb(display)), ("Raw", overlay(display, raw, alpha)),
+                ("Refined", overlay(display, refined, alpha))]
+    if view == "Difference":
+        return [("Refined − raw (green added, red removed)", diff_image(display, raw, refined))]
+    if view == "Instances":
+        if instances is None:
+            raise ValueError("The Instances view needs the detector's output (instances=...).")
+        n = len(instances["scores"])
+        return [(f"Instances ({n}, Mask R-CNN)", instances_image(display, instances["masks"], instances["boxes"],
+                                                                  alpha)),
+                ("Refined (semantic)", overlay(display, refined, alpha))]
+    raise ValueError(f"Unknown view '{view}'. Expected one of {list(VIEWS) + ['Instances']}.")
+
+
+def instance_labels(instances: dict, image_shape: tuple[int, int], screen_scale: float) -> list:
+    """``(row, col, text, colour)`` labels for the Instances view, placed without overlap."""
+    texts = [f"{k + 1}" for k in range(len(instances["scores"]))]
+    spots = place_labels(np.asarray(instances["boxes"]).reshape(-1, 4), texts, image_shape, screen_scale)
+    cols = instance_colours(len(texts))
+    return [(r, c, t, "#%02x%02x%02x" % tuple(int(v) for v in col))
+            for (t, spot, col) in zip(texts, spots, cols) if spot is not None for r, c in [spot]]

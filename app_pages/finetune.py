@@ -2,13 +2,12 @@
 
 import streamlit as st
 
-import app_state
 from segcore.figures import line_plot
+from segcore.measure import candidate_table, correction_label, duplicate_groups, version_rows
+from ui import resources, state
 
-app_state.ensure_router()
 st.title("Fine-tune")
-
-ws = app_state.workspace()
+ws = resources.workspace()
 active = ws.active_version()
 corrections = ws.list_corrections()
 
@@ -24,11 +23,10 @@ def replay_set(path: str, input_size: tuple):
 
 @st.cache_resource
 def test_set(path: str):
-    from segcore.data import list_pairs, load_mask
-    from segcore.io import load_scan
+    from segcore.labels import load_gt_pairs
 
-    imgs, masks = list_pairs(path)
-    return [load_scan(p).slice() for p in imgs], [load_mask(p) for p in masks]
+    images, masks, _ = load_gt_pairs(path)
+    return images, masks
 
 
 if st.session_state.get("sc_ft_running"):
@@ -40,12 +38,16 @@ st.subheader("Corrected cases")
 if not corrections:
     st.info("No saved corrections yet. Correct a mask on the **Correct** page first.")
 else:
-    st.dataframe([{"id": c.id, "scan": c.scan_name, "slice": c.slice_index, "by": c.author,
-                   "model": c.model_version, "at": c.created_at} for c in corrections],
+    st.dataframe([{"scan": c.scan_name, "slice": c.slice_index, "by": c.author, "saved at": c.created_at,
+                   "model": c.model_version, "from": c.source} for c in corrections],
                  hide_index=True, width="stretch")
-ids = [c.id for c in corrections]
-train_ids = st.multiselect("Train on", ids, default=ids, key="sc_ft_train",
-                           help="Cases left out are held out and join the evaluation set.")
+    for group in duplicate_groups(corrections):
+        st.info(f"**{group[0].scan_name}** (slice {group[0].slice_index}) was corrected {len(group)} times "
+                f"(by {', '.join(sorted({c.author for c in group}))}); all are used unless you leave some out.")
+by_id = {c.id: c for c in corrections}
+ids = list(by_id)
+train_ids = st.multiselect("Train on", ids, default=ids, key="sc_ft_train", format_func=lambda i: correction_label(
+    by_id[i]), help="Cases left out are held out and join the evaluation set.")
 held_ids = [i for i in ids if i not in train_ids]
 cols = st.columns(3)
 epochs = cols[0].slider("Epochs", 1, 30, 5, key="sc_ft_epochs")
@@ -58,14 +60,13 @@ go = st.button("Fine-tune a copy of " + str(active), type="primary", disabled=no
 if go:
     from segcore.train import FineTuneCancelled, evaluate_model, fine_tune
 
-    _, model, config = app_state.model_for(active)
-    by_id = {c.id: c for c in corrections}
+    _, model, config = resources.model_for(active)
     pairs = [ws.load_correction(by_id[i]) for i in train_ids]
     held = [ws.load_correction(by_id[i]) for i in held_ids]
-    test_imgs, test_masks = test_set(str(app_state.SAMPLE_DIR / "phantom" / "test"))
+    test_imgs, test_masks = test_set(str(resources.SAMPLE_DIR / "phantom" / "test"))
     eval_imgs = test_imgs + [p[0] for p in held]
     eval_masks = test_masks + [p[1] for p in held]
-    rx, ry = replay_set(str(app_state.SAMPLE_DIR / "phantom" / "train"), tuple(config.input_size))
+    rx, ry = replay_set(str(resources.SAMPLE_DIR / "phantom" / "train"), tuple(config.input_size))
     st.button("Cancel", key="sc_ft_cancel", help="Stops after the current epoch; nothing is saved")
     bar = st.progress(0.0, text="Starting…")
     chart = st.empty()
@@ -91,65 +92,67 @@ if go:
     with st.spinner("Evaluating the current version on the same held-out set…"):
         base_eval = evaluate_model(model, config, eval_imgs, eval_masks)
     metrics = {"held_out": res["eval"], "baseline_held_out": base_eval, "baseline_version": active,
-               "history": res["history"],
-               "held_out_cases": held_ids, "n_test_images": len(test_imgs),
+               "history": res["history"], "held_out_cases": held_ids, "n_test_images": len(test_imgs),
                "settings": {"epochs": epochs, "learning_rate": float(lr), "replay_per_case": replay_n}}
     import copy
 
-    new_config = copy.deepcopy(config)
-    version = ws.add_version(new_model, new_config, metrics=metrics, trained_on=train_ids, parent=active,
-                             note=f"fine-tuned on {len(train_ids)} corrections")
+    version = ws.add_version(new_model, copy.deepcopy(config), metrics=metrics, trained_on=train_ids, parent=active,
+                             note=f"fine-tuned on {len(train_ids)} corrections", created_by=state.reviewer())
     st.session_state["sc_ft_running"] = False
     st.session_state["sc_candidate"] = version
     st.success(f"Saved candidate {version} (not active yet).")
 
 # ---------------------------------------------------------------- gate
-cand = st.session_state.get("sc_candidate")
-versions = ws.versions()
-if cand and cand in versions and cand != ws.active_version():
-    m = versions[cand]["metrics"]
-    new, old = m["held_out"], m["baseline_held_out"]
-    st.subheader(f"Candidate {cand} vs active {ws.active_version()}")
-    table = []
-    for cname in new["per_class"]:
-        table.append({"class": cname, f"Dice {ws.active_version()}": round(old["per_class"][cname]["dice"], 4),
-                      f"Dice {cand}": round(new["per_class"][cname]["dice"], 4),
-                      f"HD95 {ws.active_version()}": round(old["per_class"][cname]["hd95"], 2),
-                      f"HD95 {cand}": round(new["per_class"][cname]["hd95"], 2)})
-    st.dataframe(table, hide_index=True, width="stretch")
-    b, c = old["mean_foreground_dice"], new["mean_foreground_dice"]
-    st.metric("Held-out mean foreground Dice", f"{c:.4f}", f"{c - b:+.4f} vs {ws.active_version()}")
-    from segcore.store import PROMOTION_TOLERANCE
 
-    regress = c + PROMOTION_TOLERANCE < b
-    if regress:
-        st.error(f"The candidate scores more than {PROMOTION_TOLERANCE} mean Dice below the active model on the "
-                 "held-out set; it cannot be promoted.")
-    if st.button(f"Promote {cand}", type="primary", disabled=regress, key="sc_promote"):
+
+@st.dialog("Promote this version?")
+def confirm_promote(version: str, summary: str):
+    st.markdown(f"**{version}** becomes the active model for everyone using this server: new segmentations, "
+                f"reviews and fine-tunes start from it. {summary}")
+    st.caption("You can re-activate the previous version at any time under Model versions.")
+    c1, c2 = st.columns(2)
+    if c1.button(f"Yes, promote {version}", type="primary", key="sc_promote_yes"):
         try:
-            ws.promote(cand)
+            ws.promote(version, who=state.reviewer())
         except ValueError as exc:
             st.error(str(exc))
         else:
             st.session_state["sc_candidate"] = None
-            st.success(f"{cand} is now the active model.")
+            st.session_state["sc_promoted"] = version
             st.rerun()
+    if c2.button("Cancel", key="sc_promote_no"):
+        st.rerun()
+
+
+promoted = st.session_state.pop("sc_promoted", None)
+if promoted:
+    st.success(f"{promoted} is now the active model.")
+cand = st.session_state.get("sc_candidate")
+versions = ws.versions()
+if cand and cand in versions and cand != ws.active_version():
+    gate = ws.gate(cand)
+    st.subheader(f"Candidate {cand} vs active {ws.active_version()}")
+    st.dataframe(candidate_table(versions[cand]["metrics"], cand, ws.active_version()), hide_index=True,
+                 width="stretch")
+    st.metric("Held-out mean foreground Dice", f"{gate.candidate:.4f}",
+              f"{gate.candidate - gate.baseline:+.4f} vs {ws.active_version()}")
+    if not gate.passed:
+        st.error(gate.reason)
+    if st.button(f"Promote {cand}", type="primary", disabled=not gate.passed, key="sc_promote"):
+        confirm_promote(cand, gate.reason)
 
 # ---------------------------------------------------------------- versions
 st.subheader("Model versions")
-rows = []
-for v, info in ws.versions().items():
-    ho = info.get("metrics", {}).get("held_out") or info.get("metrics", {}).get("test") or {}
-    rows.append({"version": v, "active": "✅" if v == ws.active_version() else "", "parent": info.get("parent"),
-                 "held-out mean Dice": round(ho.get("mean_foreground_dice", float("nan")), 4),
-                 "trained on": len(info.get("trained_on", [])), "created": info.get("created_at", ""),
-                 "note": info.get("note", "")})
-st.dataframe(rows, hide_index=True, width="stretch")
+st.dataframe(version_rows(ws.versions(), ws.active_version()), hide_index=True, width="stretch")
 others = [v for v in ws.versions() if v != ws.active_version()]
 if others:
     rc = st.columns([2, 1])
     target = rc[0].selectbox("Re-activate a previous version (rollback)", others, key="sc_rollback_pick")
     if rc[1].button("Activate", key="sc_rollback"):
-        ws.activate(target)
-        st.success(f"{target} is active again.")
-        st.rerun()
+        try:
+            ws.activate(target, who=state.reviewer())
+        except ValueError as exc:
+            st.error(str(exc))
+        else:
+            st.success(f"{target} is active again.")
+            st.rerun()
