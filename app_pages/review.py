@@ -11,7 +11,7 @@ from segcore.io import ScanError, load_scan
 from segcore.measure import disagreement_map, label, review_rows
 from segcore.refine import RefineConfig
 from segcore.review import REASON_CODES, VERDICTS, queue_scan, submit_verdict
-from segcore.viz import overlay
+from segcore.viz import mask_layer, overlay
 from ui import catalogue, resources, state, widgets
 
 st.title("Review")
@@ -92,9 +92,9 @@ with tab_review:
     raw, refined = store.mask(case.id, "raw"), store.mask(case.id, "refined")
     point_key = f"sc_rv_point_{case.id}"
     point = st.session_state.get(point_key)
-    fig = image_panels([("Raw", overlay(disp, raw)), ("Refined (model)", overlay(disp, refined))],
+    fig = image_panels([("Raw", disp, mask_layer(raw)), ("Refined (model)", disp, mask_layer(refined))],
                        pixel_values=img, raw=raw, refined=refined, class_names=names,
-                       marks=[(point[0], point[1], "#f1c40f")] if point else ())
+                       marks=[(point[0], point[1], "#f1c40f")] if point else (), clickable=True)
     event = st.plotly_chart(fig, key=f"sc_rv_fig_{case.id}", on_select="rerun", selection_mode="points",
                             config={"displaylogo": False})
     clicked = (event or {}).get("selection", {}).get("points", []) if event else []

@@ -21,10 +21,6 @@ __all__ = ["image_panels", "line_plot", "uncertainty_colorscale", "CLICK_TRACE_N
 CLICK_TRACE_NAME = "pixels"
 
 
-def _data_uri(rgb: np.ndarray) -> str:
-    return "data:image/png;base64," + base64.b64encode(png_bytes(rgb)).decode("ascii")
-
-
 def uncertainty_colorscale() -> list:
     """Inferno with 0 fully transparent, so certain pixels show the image underneath."""
     return [[0.0, "rgba(0,0,4,0)"], [0.02, "rgba(0,0,4,0)"], [0.1, "rgba(40,11,84,0.55)"],
@@ -32,8 +28,20 @@ def uncertainty_colorscale() -> list:
             [0.9, "rgba(245,125,21,0.95)"], [1.0, "rgba(252,255,164,1)"]]
 
 
+def _png_uri(arr: np.ndarray) -> str:
+    import cv2
+
+    a = np.asarray(arr)
+    if a.ndim == 3 and a.shape[-1] == 4:
+        ok, buf = cv2.imencode(".png", cv2.cvtColor(a, cv2.COLOR_RGBA2BGRA))
+        data = buf.tobytes()
+    else:
+        data = png_bytes(a)
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
 def image_panels(
-    panels: Sequence[tuple[str, np.ndarray]],
+    panels: Sequence[tuple],
     *,
     pixel_values: np.ndarray | None = None,
     raw: np.ndarray | None = None,
@@ -47,13 +55,16 @@ def image_panels(
     marks: Sequence[tuple[float, float, str]] = (),
     box: tuple[float, float, float, float] | None = None,
     labels: Sequence[tuple[float, float, str, str]] = (),
+    clickable: bool = False,
 ):
-    """Side-by-side RGB panels with linked zoom/pan, a hover readout and a click/box layer.
+    """Side-by-side image panels with linked zoom/pan, a hover readout and, optionally, a click/box layer.
 
     Parameters
     ----------
-    panels : sequence of (title, rgb)
-        ``H,W,3`` uint8 images of one size.
+    panels : sequence of (title, image) or (title, gray, layer)
+        ``image``: ``H,W`` gray or ``H,W,3`` RGB uint8. ``layer``: an ``H,W,4`` RGBA image drawn over ``gray``
+        (or None), e.g. from :func:`segcore.viz.view_panels`; the gray scan and a mostly transparent layer are
+        a fraction of the bytes of blended images.
     pixel_values, raw, refined, prob : arrays ``H,W``, optional
         Hover readout: raw scan value, raw and refined class ids, probability of the raw class.
     heat : array ``H,W`` in [0, 1], optional
@@ -65,51 +76,53 @@ def image_panels(
     labels : sequence of (row, col, text, colour)
         Text labels on the first panel (e.g. instance numbers placed by :func:`segcore.viz.place_labels`):
         drawn by the browser, so they stay crisp at any zoom.
+    clickable : bool
+        Add a transparent point grid on the first panel so that ``st.plotly_chart(on_select="rerun")`` reports
+        clicks (points: ``x`` = column, ``y`` = row) and box selections.
 
-    The point grid is sampled every ``stride`` pixels to stay light (the title says so when ``stride > 1``).
+    The hover grid is sampled every ``stride`` pixels to stay light (the title says so when ``stride > 1``).
     ``height`` defaults to what the panels' aspect needs in a ~700 px wide column (no empty band above them).
     """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     n = len(panels)
-    fig = make_subplots(rows=1, cols=n, subplot_titles=[t for t, _ in panels], horizontal_spacing=0.015)
+    fig = make_subplots(rows=1, cols=n, subplot_titles=[p[0] for p in panels], horizontal_spacing=0.015)
     h, w = panels[0][1].shape[:2]
     if height is None:
         height = int(min(720, max(320, 690 / n * h / w + 60)))
     stride = max(1, int(np.ceil(np.sqrt(h * w / max_hover_points))))
-    rr, cc = np.mgrid[0:h:stride, 0:w:stride]
-    rr, cc = rr.ravel(), cc.ravel()
-    names = list(class_names) or [str(i) for i in range(256)]
-    groups: list[tuple[str, np.ndarray]] = []
-    if pixel_values is not None:
-        ra = raw[rr, cc] if raw is not None else np.zeros(rr.size, np.int64)
-        rf = refined[rr, cc] if refined is not None else ra
-        for a in np.unique(ra):
-            for b in np.unique(rf[ra == a]):
-                sel = np.flatnonzero((ra == a) & (rf == b))
-                label = f"raw {names[int(a)] if a < len(names) else a}<br>refined {names[int(b)] if b < len(names) else b}"
-                groups.append((label, sel))
-    else:
-        groups.append(("", np.arange(rr.size)))
-    custom = np.stack([
-        (pixel_values[rr, cc] if pixel_values is not None else np.zeros(rr.size)).astype(np.float32),
-        (prob[rr, cc] if prob is not None else np.zeros(rr.size)).astype(np.float32)], -1)
-    for i, (_, rgb) in enumerate(panels, start=1):
-        fig.add_trace(go.Image(source=_data_uri(rgb), hoverinfo="skip", x0=0, dx=1, y0=0, dy=1), row=1, col=i)
+    rows, cols = np.arange(0, h, stride), np.arange(0, w, stride)
+    names = list(class_names)
+    hover = None
+    if pixel_values is not None:  # z carries the value, int16 customdata the rest: a few hundred KB per panel
+        zero = np.zeros((len(rows), len(cols)), np.int16)
+        sub = (slice(None, None, stride), slice(None, None, stride))
+        custom = np.stack([np.rint(np.asarray(prob, np.float32)[sub] * 100).astype(np.int16)
+                           if prob is not None else zero,
+                           np.asarray(raw, np.int16)[sub] if raw is not None else zero,
+                           np.asarray(refined, np.int16)[sub] if refined is not None else zero], -1)
+        hover = dict(z=np.asarray(pixel_values, np.float32)[sub], customdata=custom, hovertemplate=(
+            "row %{y}, col %{x}<br>value %{z:.1f}<br>raw class %{customdata[1]}, refined class "
+            "%{customdata[2]}<br>p(raw) %{customdata[0]}%<extra></extra>"))
+    for i, panel in enumerate(panels, start=1):
+        base, layer = panel[1], panel[2] if len(panel) > 2 else None
+        fig.add_trace(go.Image(source=_png_uri(base), hoverinfo="skip", x0=0, dx=1, y0=0, dy=1), row=1, col=i)
+        if layer is not None:
+            fig.add_trace(go.Image(source=_png_uri(layer), hoverinfo="skip", x0=0, dx=1, y0=0, dy=1), row=1, col=i)
         if heat is not None:
-            fig.add_trace(go.Heatmap(z=np.asarray(heat, np.float32)[::stride, ::stride],
-                                     x=np.arange(0, w, stride), y=np.arange(0, h, stride),
+            fig.add_trace(go.Heatmap(z=np.asarray(heat, np.float32)[::stride, ::stride], x=cols, y=rows,
                                      colorscale=uncertainty_colorscale(), zmin=0, zmax=1, showscale=(i == n),
                                      colorbar=dict(title=dict(text=heat_title, side="right"), thickness=12),
                                      hoverinfo="skip", name=heat_title), row=1, col=i)
-        for label, sel in groups:
-            fig.add_trace(go.Scattergl(
-                x=cc[sel].astype(np.int32), y=rr[sel].astype(np.int32), customdata=custom[sel], mode="markers",
-                marker=dict(size=max(4, stride * 2), opacity=0), name=CLICK_TRACE_NAME, showlegend=False,
-                hovertemplate=("row %{y}, col %{x}<br>value %{customdata[0]:.1f}<br>" + label
-                               + "<br>p(raw) %{customdata[1]:.2f}<extra></extra>") if pixel_values is not None
-                else "row %{y}, col %{x}<extra></extra>"), row=1, col=i)
+        if hover is not None:
+            fig.add_trace(go.Heatmap(x=cols, y=rows, opacity=0, showscale=False, **hover), row=1, col=i)
+        if clickable and i == 1:
+            cstride = max(stride, int(np.ceil(np.sqrt(h * w / (96 * 96)))))
+            rr, cc = np.mgrid[0:h:cstride, 0:w:cstride]
+            fig.add_trace(go.Scattergl(x=cc.ravel().astype(np.int32), y=rr.ravel().astype(np.int32),
+                                       mode="markers", name=CLICK_TRACE_NAME, showlegend=False, hoverinfo="skip",
+                                       marker=dict(size=max(6, cstride * 2), opacity=0)), row=1, col=i)
         if marks:
             fig.add_trace(go.Scatter(x=[m[1] for m in marks], y=[m[0] for m in marks], mode="markers",
                                      marker=dict(size=11, color=[m[2] for m in marks], symbol="circle",
@@ -127,10 +140,12 @@ def image_panels(
                      ticks="", showline=False)
     fig.update_yaxes(matches="y", showgrid=False, zeroline=False, range=[h - 0.5, -0.5], scaleanchor="x",
                      showticklabels=False, ticks="", showline=False)
+    classes = " · ".join(f"{i} {nm}" for i, nm in enumerate(names) if i) if names else ""
+    title = "  ·  ".join(t for t in (f"hover readout every {stride} px" if stride > 1 else "",
+                                     f"class ids: {classes}" if classes and pixel_values is not None else "") if t)
     fig.update_layout(height=height, margin=dict(l=4, r=4, t=40, b=4), dragmode="pan", hovermode="closest",
                       modebar=dict(orientation="v"), uirevision="keep-zoom",
-                      title=dict(text=f"hover readout every {stride} px" if stride > 1 else "",
-                                 font=dict(size=11), x=0.0, xanchor="left", y=0.995))
+                      title=dict(text=title, font=dict(size=11), x=0.0, xanchor="left", y=0.995))
     fig.update_annotations(font_size=13)
     return fig
 
