@@ -5,10 +5,13 @@ Run with ``./scripts/run.sh`` (or ``streamlit run app.py``) and open http://loca
 
 import streamlit as st
 
-from ui import resources, state
+from ui import auth, resources, state
 
 st.set_page_config(page_title="segcore", page_icon=":material/radiology:", layout="wide")
-st.session_state.setdefault("sc_reviewer", st.query_params.get("reviewer", ""))  # a reload keeps the name
+if not auth.auth_configured():  # local mode: a reload keeps the self-declared name
+    st.session_state.setdefault("sc_reviewer", st.query_params.get("reviewer", ""))
+identity = auth.gate()
+state.set_identity(identity)
 
 pages = [
     st.Page("app_pages/segment.py", title="Segment & compare", icon=":material/biotech:", default=True),
@@ -16,13 +19,13 @@ pages = [
     st.Page("app_pages/review.py", title="Review", icon=":material/fact_check:"),
     st.Page("app_pages/finetune.py", title="Fine-tune", icon=":material/model_training:"),
 ]
+if identity is not None and identity.may("manage_roles") and auth.auth_configured():
+    pages.append(st.Page("app_pages/admin.py", title="Users & roles", icon=":material/admin_panel_settings:"))
 pg = st.navigation(pages)
 
 with st.sidebar:
     st.markdown("### segcore")
-    st.text_input("Your name (recorded with corrections)", key="sc_reviewer", placeholder="e.g. Dr. A. Rivera")
-    if state.reviewer():
-        st.query_params["reviewer"] = state.reviewer()
+    auth.sidebar(identity)
     ws = resources.workspace()
     st.caption(f"Active model: **{ws.active_version()}** · data in `{ws.root}`")
     cur = state.current()

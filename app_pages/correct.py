@@ -5,7 +5,7 @@ import streamlit as st
 from segcore.display import display_image, resolve_window
 from segcore.labels import load_mask
 from segcore.viz import overlay
-from ui import catalogue, resources, state, widgets
+from ui import auth, catalogue, resources, state, widgets
 
 st.title("Correct")
 cur = state.current()
@@ -45,11 +45,12 @@ st.markdown(f"**{widgets.plural(n_objects, 'stroke')}** · **{widgets.plural(cha
 with st.expander("Preview of the corrected mask", expanded=changed > 0):
     st.image(overlay(display, corrected, 0.5), width=min(image.shape[1], 720))
 
-author = state.reviewer()
-save = st.button("Save correction", type="primary", disabled=not author or changed == 0, key="sc_save",
-                 help="Enabled once you have changed at least one pixel and entered your name in the sidebar.")
-if not author:
-    st.warning("Enter your name in the sidebar to save: corrections record who made them.")
+author = state.identity()
+refusal = auth.needs(author, "save_correction")
+save = st.button("Save correction", type="primary", disabled=refusal is not None or changed == 0, key="sc_save",
+                 help="Enabled once you have changed at least one pixel (and are allowed to save corrections).")
+if refusal:
+    st.warning(refusal if author else "Enter your name in the sidebar to save: corrections record who made them.")
 elif changed == 0:
     st.caption("Nothing to save yet: draw on the mask first.")
 if save:
@@ -57,7 +58,7 @@ if save:
         rec = ws.save_correction(catalogue.scan_bytes(cur.key), cur.name, corrected, author=author,
                                  model_version=cur.model_version, source=start, slice_index=cur.slice_index,
                                  class_names=names)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, PermissionError) as exc:
         st.error(f"Not saved: {exc}")
     else:
         st.success(f"Saved correction of {cur.name} ({widgets.plural(changed, 'pixel')} changed) to {rec.path}")

@@ -4,10 +4,11 @@ import streamlit as st
 
 from segcore.figures import line_plot
 from segcore.measure import candidate_table, correction_label, duplicate_groups, version_rows
-from ui import resources, state
+from ui import auth, resources, state
 
 st.title("Fine-tune")
 ws = resources.workspace()
+who = state.identity()
 active = ws.active_version()
 corrections = ws.list_corrections()
 
@@ -42,7 +43,8 @@ else:
                    "model": c.model_version, "from": c.source} for c in corrections],
                  hide_index=True, width="stretch")
     for group in duplicate_groups(corrections):
-        st.info(f"**{group[0].scan_name}** (slice {group[0].slice_index}) was corrected {len(group)} times "
+        where = f" (slice {group[0].slice_index})" if group[0].slice_index is not None else ""
+        st.info(f"**{group[0].scan_name}**{where} was corrected {len(group)} times "
                 f"(by {', '.join(sorted({c.author for c in group}))}); all are used unless you leave some out.")
 by_id = {c.id: c for c in corrections}
 ids = list(by_id)
@@ -56,7 +58,11 @@ lr = cols[1].selectbox("Learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 1e-3], index=2,
 replay_n = cols[2].slider("Replay samples per case", 0, 8, 2, key="sc_ft_replay",
                           help="Original training images mixed in per corrected case")
 
-go = st.button("Fine-tune a copy of " + str(active), type="primary", disabled=not train_ids, key="sc_ft_go")
+refusal = auth.needs(who, "start_finetune")
+go = st.button("Fine-tune a copy of " + str(active), type="primary", disabled=not train_ids or refusal is not None,
+               key="sc_ft_go")
+if refusal:
+    st.caption(refusal)
 if go:
     from segcore.train import FineTuneCancelled, evaluate_model, fine_tune
 
@@ -97,7 +103,7 @@ if go:
     import copy
 
     version = ws.add_version(new_model, copy.deepcopy(config), metrics=metrics, trained_on=train_ids, parent=active,
-                             note=f"fine-tuned on {len(train_ids)} corrections", created_by=state.reviewer())
+                             note=f"fine-tuned on {len(train_ids)} corrections", actor=who)
     st.session_state["sc_ft_running"] = False
     st.session_state["sc_candidate"] = version
     st.success(f"Saved candidate {version} (not active yet).")
@@ -113,8 +119,8 @@ def confirm_promote(version: str, summary: str):
     c1, c2 = st.columns(2)
     if c1.button(f"Yes, promote {version}", type="primary", key="sc_promote_yes"):
         try:
-            ws.promote(version, who=state.reviewer())
-        except ValueError as exc:
+            ws.promote(version, actor=who)
+        except (ValueError, PermissionError) as exc:
             st.error(str(exc))
         else:
             st.session_state["sc_candidate"] = None
@@ -138,7 +144,11 @@ if cand and cand in versions and cand != ws.active_version():
               f"{gate.candidate - gate.baseline:+.4f} vs {ws.active_version()}")
     if not gate.passed:
         st.error(gate.reason)
-    if st.button(f"Promote {cand}", type="primary", disabled=not gate.passed, key="sc_promote"):
+    promote_refusal = auth.needs(who, "promote")
+    if promote_refusal:
+        st.caption(promote_refusal)
+    if st.button(f"Promote {cand}", type="primary", disabled=not gate.passed or promote_refusal is not None,
+                 key="sc_promote"):
         confirm_promote(cand, gate.reason)
 
 # ---------------------------------------------------------------- versions
@@ -148,10 +158,11 @@ others = [v for v in ws.versions() if v != ws.active_version()]
 if others:
     rc = st.columns([2, 1])
     target = rc[0].selectbox("Re-activate a previous version (rollback)", others, key="sc_rollback_pick")
-    if rc[1].button("Activate", key="sc_rollback"):
+    if rc[1].button("Activate", key="sc_rollback", disabled=auth.needs(who, "activate") is not None,
+                    help=auth.needs(who, "activate")):
         try:
-            ws.activate(target, who=state.reviewer())
-        except ValueError as exc:
+            ws.activate(target, actor=who)
+        except (ValueError, PermissionError) as exc:
             st.error(str(exc))
         else:
             st.success(f"{target} is active again.")

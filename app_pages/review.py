@@ -12,15 +12,20 @@ from segcore.measure import disagreement_map, label, review_rows
 from segcore.refine import RefineConfig
 from segcore.review import REASON_CODES, VERDICTS, queue_scan, submit_verdict
 from segcore.viz import mask_layer, overlay
-from ui import catalogue, resources, state, widgets
+from ui import auth, catalogue, resources, state, widgets
 
 st.title("Review")
 ws = resources.workspace()
 store = resources.review_store()
-reviewer = state.reviewer()
-if not reviewer:
+reviewer = state.identity()
+if reviewer is None:
     st.warning("Enter your name in the sidebar to start or resume a review session.")
     st.stop()
+refusal = auth.needs(reviewer, "view_verdicts")
+if refusal:
+    st.warning(f"{refusal} Reviews are open to reviewers and admins.")
+    st.stop()
+me = reviewer.subject
 version, model, mconfig = resources.model_for()
 names = mconfig.class_names
 
@@ -72,15 +77,15 @@ with tab_review:
                      format_func=lambda o: "Most uncertain first" if o == "uncertainty" else "Upload order")
     queue = store.cases(sid, order)
     latest = store.latest_verdicts(sid)
-    done = [c for c in queue if (c.id, reviewer) in latest]
-    st.progress(len(done) / max(len(queue), 1), text=f"{reviewer}: {len(done)} of {len(queue)} reviewed")
+    done = [c for c in queue if (c.id, me) in latest]
+    st.progress(len(done) / max(len(queue), 1), text=f"{reviewer.name}: {len(done)} of {len(queue)} reviewed")
     if not queue:
         st.info("This session has no cases.")
         st.stop()
-    pending = [c for c in queue if (c.id, reviewer) not in latest]
+    pending = [c for c in queue if (c.id, me) not in latest]
     default = queue.index(pending[0]) if pending else 0
     case = st.selectbox("Case", queue, index=default, key=f"sc_rv_case_{sid}_{len(done)}",
-                        format_func=lambda c: f"{'✓' if (c.id, reviewer) in latest else '•'} #{c.id} "
+                        format_func=lambda c: f"{'✓' if (c.id, me) in latest else '•'} #{c.id} "
                                               f"{c.scan_name} · uncertainty {c.uncertainty:.3f}")
     st.subheader(f"Case #{case.id} · {case.scan_name}")
     timer_key = f"sc_rv_t0_{case.id}"
@@ -102,10 +107,10 @@ with tab_review:
         st.session_state[point_key] = (int(clicked[0]["y"]), int(clicked[0]["x"]))
         st.rerun()
     widgets.show_legend(names, prefix="Overlay colours: ")
-    mine = latest.get((case.id, reviewer))
+    mine = latest.get((case.id, me))
     base = store.accepted_mask(mine["id"]) if mine else refined
     with st.expander("Correct the mask", expanded=False):
-        corrected, n_obj, changed = widgets.correction_canvas(disp, base, names, key=f"sc_rv_{case.id}_{reviewer}")
+        corrected, n_obj, changed = widgets.correction_canvas(disp, base, names, key=f"sc_rv_{case.id}_{me}")
         st.caption(f"{widgets.plural(n_obj, 'stroke')} · {widgets.plural(changed, 'pixel')} changed")
 
     cols = st.columns([2, 2, 3])
@@ -136,7 +141,7 @@ with tab_review:
                            class_names=names, reason_code=reason, comment=comment,
                            point=(point[1], point[0]) if point else None,
                            seconds_spent=time.time() - st.session_state[timer_key], spacing=case.spacing)
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, PermissionError) as exc:
             st.error(f"Not recorded: {exc}")
         else:
             st.session_state.pop(timer_key, None)
@@ -148,11 +153,13 @@ with tab_review:
         st.caption(f"Your last verdict: **{label(mine['verdict'])}** · Dice model↔accepted "
                    + ", ".join(f"{names[c]} {m['dice'][c]:.3f}" for c in range(1, min(len(names), len(m['dice']))))
                    + f" · edited {widgets.plural(m['edited_pixels'], 'pixel')} · {mine['seconds_spent']:.0f} s")
-    agree = store.agreement(case.id)
+    agree = store.agreement(case.id, reviewer) if me in store.reviewers_of(sid) or reviewer.may(
+        "view_all_verdicts") else []
     if agree:
         st.subheader("Inter-rater agreement")
         st.dataframe(agree, hide_index=True, width="stretch")
         others = {v["reviewer"]: v for (cid, _), v in latest.items() if cid == case.id and v["verdict"] != "reject"}
+        # reviewers of this session may compare masks (agreement() checked that above)
         if len(others) >= 2:
             a, b = sorted(others)[:2]
             dis = disagreement_map(store.accepted_mask(others[a]["id"]), store.accepted_mask(others[b]["id"]))
@@ -161,9 +168,10 @@ with tab_review:
 with tab_summary:
     import plotly.express as px_
 
-    vs = store.verdicts(sid)
+    vs = store.visible_verdicts(sid, reviewer)
     queue = store.cases(sid, "upload")
-    st.metric("Cases reviewed (any reviewer)", f"{len({v['case_id'] for v in vs})} of {len(queue)}")
+    scope = "any reviewer" if reviewer.may("view_all_verdicts") else "by you"
+    st.metric(f"Cases reviewed ({scope})", f"{len({v['case_id'] for v in vs})} of {len(queue)}")
     if not vs:
         st.info("No verdicts yet.")
     else:
@@ -182,14 +190,14 @@ with tab_summary:
             st.subheader("Inter-rater agreement")
             st.dataframe([{"case": cid, **{k: (round(x, 4) if isinstance(x, float) else x) for k, x in r.items()
                                            if k != "dice_per_class"}}
-                          for cid in multi for r in store.agreement(cid)], hide_index=True, width="stretch")
+                          for cid in multi for r in store.agreement(cid, reviewer)], hide_index=True, width="stretch")
         rejected = [r for r in rows if r["verdict"] == label("reject")]
         st.subheader(f"Rejected ({len(rejected)}): not used for fine-tuning")
         st.dataframe(rejected, hide_index=True, width="stretch")
     from segcore.export import export_session
 
     if st.button("Prepare export", key="sc_rv_export"):
-        st.session_state["sc_rv_zip"] = (sid, export_session(store, sid, names))
+        st.session_state["sc_rv_zip"] = (sid, export_session(store, sid, names, reviewer))
     z = st.session_state.get("sc_rv_zip")
     if z and z[0] == sid:
         st.download_button("Download session export (zip: PNG + NIfTI masks, COCO JSON, CSV, HTML report)", z[1],

@@ -125,8 +125,12 @@ def _display(scan_bytes: bytes, name: str, slice_index):
     return scan, scan.default_display(scan.slice(0, slice_index))
 
 
-def export_session(store: ReviewStore, session_id: int, class_names: Sequence[str]) -> bytes:
-    """A zip with everything a session produced; returns its bytes."""
+def export_session(store: ReviewStore, session_id: int, class_names: Sequence[str], actor) -> bytes:
+    """A zip with everything a session produced that ``actor`` may see (reviewer: own verdicts; admin: all)."""
+    from .auth import require
+
+    require(actor, "export_session")
+    visible = store.visible_verdicts(session_id, actor)
     sess = store.session(session_id)
     cases = {c.id: c for c in store.cases(session_id, "upload")}
     buf = io.BytesIO()
@@ -136,7 +140,7 @@ def export_session(store: ReviewStore, session_id: int, class_names: Sequence[st
             "categories": [{"id": i, "name": n} for i, n in enumerate(class_names) if i > 0]}
     rows, report = [], []
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for v in store.verdicts(session_id):
+        for v in visible:
             case = cases[v["case_id"]]
             metrics = v["metrics"]
             rows.append({"verdict_id": v["id"], "case_id": case.id, "scan": case.scan_name,
@@ -176,7 +180,11 @@ def export_session(store: ReviewStore, session_id: int, class_names: Sequence[st
             w.writerows({k: csv_safe(x) for k, x in r.items()} for r in rows)
         z.writestr("verdicts.csv", out.getvalue())
         z.writestr("report.html", _html(sess, rows, report))
-        z.writestr("audit_log.json", json.dumps(store.audit_records(), default=str, indent=1))
+        records = store.audit_records()
+        who = require(actor, "export_session")
+        if not who.may("view_all_verdicts"):  # a reviewer's export carries their own audit records only
+            records = [r for r in records if r.get("who_id") == who.subject]
+        z.writestr("audit_log.json", json.dumps(records, default=str, indent=1))
     return buf.getvalue()
 
 

@@ -86,7 +86,7 @@ def test_two_reviewers_agreement(tmp_path):
     other[:, :32] = 0
     st.record_verdict(cid, "Dr A", "accept")
     st.record_verdict(cid, "Dr B", "accept", mask=other)
-    rows = st.agreement(cid)
+    rows = st.agreement(cid, "Dr A")
     assert len(rows) == 1 and rows[0]["reviewer_a"] == "Dr A" and rows[0]["reviewer_b"] == "Dr B"
     from segcore.metrics import dice
 
@@ -219,11 +219,12 @@ def test_migration_from_v2_keeps_data_renumbers_positions_and_anchors_the_audit(
     con.executescript((root / "tests" / "data" / "review_v2.sql").read_text())
     con.close()
     st = ReviewStore(data_dir=tmp_path)
-    assert st.schema_version() == SCHEMA_VERSION == 3
+    assert st.schema_version() == SCHEMA_VERSION == 4
     assert [c.position for c in st.cases(1, "upload")] == [0, 1]
     assert st.session(1)["created_by"] == "Dr Old" and len(st.verdicts(1)) == 1
-    assert st.audit_records()[-1]["event"] == "audit_anchored"
-    assert st.verify_audit() == 5
+    assert st.verdicts(1)[0]["reviewer_id"] == "local:Dr Old"  # self-declared before sign-in existed
+    assert [r["event"] for r in st.audit_records()[-2:]] == ["audit_anchored", "audit_reanchored"]
+    assert st.verify_audit() == 6
     new_case = st.add_case(1, b"z", "z.png", np.zeros((16, 16), np.uint8), np.zeros((16, 16), np.uint8))
     assert st.case(new_case).position == 2
     _tamper(tmp_path, "UPDATE verdicts SET verdict='reject' WHERE id=1")  # pre-migration rows are vouched for too
@@ -337,7 +338,7 @@ def test_export_session_contents(tmp_path, root):
                            raw[:256, :256], raw[:256, :256])
     st.record_verdict(cid, "Dr A", "accept")
     st.record_verdict(png_case, "Dr A", "reject", reason_code="artefact", comment="streaks")
-    z = zipfile.ZipFile(io.BytesIO(export_session(st, sid, ("background", "organ", "lesion"))))
+    z = zipfile.ZipFile(io.BytesIO(export_session(st, sid, ("background", "organ", "lesion"), "Dr A")))
     names = set(z.namelist())
     assert {"coco_instances.json", "verdicts.csv", "report.html", "audit_log.json"} <= names
     pngs = [n for n in names if n.startswith("masks/") and n.endswith(".png")]
@@ -371,7 +372,7 @@ def test_export_names_are_slugs_and_csv_cells_cannot_be_formulas(tmp_path):
     evil = "/../../../tmp/x"
     st.record_verdict(cid, evil, "accept", comment="=HYPERLINK(\"http://evil\",\"click\")")
     st.record_verdict(cid, "@SUM(1+1)", "reject", reason_code="other", comment="-2+3\tx")
-    z = zipfile.ZipFile(io.BytesIO(export_session(st, sid, ("background", "organ", "lesion"))))
+    z = zipfile.ZipFile(io.BytesIO(export_session(st, sid, ("background", "organ", "lesion"), "Dr A")))
     for n in z.namelist():
         assert ".." not in n and not n.startswith("/") and "\\" not in n, n
         parts = n.split("/")

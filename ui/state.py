@@ -6,6 +6,7 @@ import dataclasses
 
 import streamlit as st
 
+from segcore.auth import Identity
 from segcore.display import WindowChoice
 from segcore.refine import RefineConfig
 
@@ -48,6 +49,10 @@ def update_current(**changes) -> CurrentScan | None:
     return cur
 
 
-def reviewer() -> str:
-    """The name the person gave in the sidebar (self-declared in local mode)."""
-    return (st.session_state.get("sc_reviewer") or "").strip()
+def set_identity(identity: Identity | None) -> None:
+    st.session_state["sc_identity"] = identity
+
+
+def identity() -> Identity | None:
+    """Who is using the app this run: the signed-in user, or the self-declared name in local mode (ui.auth)."""
+    return st.session_state.get("sc_identity")
