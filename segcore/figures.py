@@ -115,14 +115,23 @@ def image_panels(
                                      colorscale=uncertainty_colorscale(), zmin=0, zmax=1, showscale=(i == n),
                                      colorbar=dict(title=dict(text=heat_title, side="right"), thickness=12),
                                      hoverinfo="skip", name=heat_title), row=1, col=i)
-        if hover is not None:
-            fig.add_trace(go.Heatmap(x=cols, y=rows, opacity=0, showscale=False, **hover), row=1, col=i)
-        if clickable and i == 1:
+        if clickable and i == 1:  # points receive clicks (a heatmap would take them); they carry the hover too
             cstride = max(stride, int(np.ceil(np.sqrt(h * w / (96 * 96)))))
-            rr, cc = np.mgrid[0:h:cstride, 0:w:cstride]
-            fig.add_trace(go.Scattergl(x=cc.ravel().astype(np.int32), y=rr.ravel().astype(np.int32),
-                                       mode="markers", name=CLICK_TRACE_NAME, showlegend=False, hoverinfo="skip",
-                                       marker=dict(size=max(6, cstride * 2), opacity=0)), row=1, col=i)
+            rr, cc = (a.ravel() for a in np.mgrid[0:h:cstride, 0:w:cstride])
+            extra: dict = {"hoverinfo": "skip"}
+            if pixel_values is not None:
+                none = np.zeros(rr.size)
+                extra = dict(customdata=np.stack([
+                    np.rint(np.asarray(prob, np.float32)[rr, cc] * 100) if prob is not None else none,
+                    np.asarray(raw)[rr, cc] if raw is not None else none,
+                    np.asarray(refined)[rr, cc] if refined is not None else none,
+                    np.asarray(pixel_values, np.float32)[rr, cc]], -1).astype(np.float32),
+                    hovertemplate=hover["hovertemplate"].replace("%{z:.1f}", "%{customdata[3]:.1f}"))
+            fig.add_trace(go.Scattergl(x=cc.astype(np.int32), y=rr.astype(np.int32), mode="markers",
+                                       name=CLICK_TRACE_NAME, showlegend=False,
+                                       marker=dict(size=max(6, cstride * 2), opacity=0), **extra), row=1, col=i)
+        elif hover is not None:
+            fig.add_trace(go.Heatmap(x=cols, y=rows, opacity=0, showscale=False, **hover), row=1, col=i)
         if marks:
             fig.add_trace(go.Scatter(x=[m[1] for m in marks], y=[m[0] for m in marks], mode="markers",
                                      marker=dict(size=11, color=[m[2] for m in marks], symbol="circle",

@@ -26,3 +26,12 @@ def nibabel_files() -> Path:
     import nibabel
 
     return Path(nibabel.__file__).parent / "tests" / "data"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium for the e2e tests (tests/e2e_support.py)."""
+    from e2e_support import chromium
+
+    with chromium() as b:
+        yield b

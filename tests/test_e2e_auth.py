@@ -5,30 +5,17 @@ URL parameter no longer changes identity; a reviewer cannot promote a model (the
 library); signing out ends the session; a tampered session cookie is refused.
 """
 
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from segcore.auth import Identity, PermissionDenied
 from segcore.review import ReviewStore
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("SEGCORE_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = ROOT / "test-artifacts"
+from e2e_support import ARTIFACTS, ROOT, free_port, no_exception, streamlit_app, wait_idle
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+_idle, _no_exception = wait_idle, no_exception
 
 
 @pytest.fixture(scope="module")
@@ -47,10 +34,8 @@ def oidc():
 
 @pytest.fixture(scope="module")
 def secure_app(oidc, tmp_path_factory):
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: install Debian's chromium (apt-get install chromium)")
     tmp = tmp_path_factory.mktemp("secure")
-    port = _free_port()
+    port = free_port()
     secrets = tmp / "secrets.toml"
     secrets.write_text(f"""
 [auth]
@@ -68,44 +53,8 @@ default = "annotator"
 radiology = "reviewer"
 segcore-admins = "admin"
 """)
-    env = {**os.environ, "SEGCORE_DATA_DIR": str(tmp / "data"), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    log = open(tmp / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", "--secrets.files", str(secrets)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://localhost:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("streamlit did not become healthy: " + (tmp / "streamlit.log").read_text()[-2000:])
-    yield url, tmp / "data"
-    proc.terminate()
-    proc.wait(timeout=20)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        yield b
-        b.close()
-
-
-def _idle(page, timeout=120_000):
-    page.wait_for_timeout(300)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')",
-        timeout=timeout)
+    with streamlit_app(tmp / "data", host="localhost", port=port, extra_args=("--secrets.files", str(secrets))) as url:
+        yield url, tmp / "data"
 
 
 def _sign_in(page, url, sub):
