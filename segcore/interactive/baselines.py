@@ -2,16 +2,23 @@
 
 :func:`grabcut_segment` takes the same arguments as :func:`segcore.interactive.segment`
 and frames the prompt with the same window (at the image's own resolution), so the
-two differ only in what decides the object. Inside the window: pixels within a few
-pixels of a positive click are definite foreground, of a negative click definite
-background; a disk around positive clicks (radius ``seed_fraction`` of the window)
-and the previous mask are probable foreground; the rest probable background, and
-the window's edge definite background (outside a box, everything is background).
-The window is enlarged, as for the network, when the object reaches its edge.
+two differ only in what decides the object. The window's crop is mapped to 8 bits
+from its 1-99 % percentiles. Pixels within ``hard_radius`` of a positive click are
+definite foreground, of a negative click definite background. The rest is
+initialised as in GrabCut's rectangle mode: with a box, outside it is background and
+inside probable foreground; with clicks only, the window itself is the rectangle
+(a band of 12 % of its side at its edges inside the image is background, the rest
+probable foreground), or, with ``seed_fraction > 0``, probable foreground is a disk
+of that fraction of the window around each positive click; once there is a
+previous mask it is the probable foreground and the rest probable background. The
+window is enlarged, as for the network, when the object reaches its edge. (On the
+validation phantoms the rectangle start gave a 1-click IoU of 0.21 against 0.10 for
+disks of 8 %; both reach about 0.85 after 5 clicks.)
 
 :func:`brush_session` is the manual baseline: the simulated user paints (or
 erases) one round brush dab of ``radius`` pixels per action, placed where the
-click simulator would click; it counts dabs and painted pixels.
+click simulator would click (shrunk to fit thin error regions); it counts dabs and
+painted pixels.
 """
 
 from __future__ import annotations
@@ -24,15 +31,30 @@ import numpy as np
 from .encode import disk, normalise_crop
 from .geometry import Window, window_for_prompt
 from .segment import _check_image, _keep_clicked, _touches_inner_edge, check_prompt
-from .simulate import iou, next_click
+from .simulate import _border_distance, iou, next_click
 
 __all__ = ["grabcut_segment", "brush_session"]
 
 
-def _grabcut_window(img, window: Window, clicks, box, previous, iterations, seed_fraction, hard_radius):
+def inner_band(inner_edges: np.ndarray, band: int) -> np.ndarray:
+    """Pixels within ``band`` of a window edge that lies inside the image."""
+    h, w = inner_edges.shape
+    out = np.zeros((h, w), bool)
+    if inner_edges[0].all():
+        out[:band] = True
+    if inner_edges[-1].all():
+        out[h - band:] = True
+    if inner_edges[:, 0].all():
+        out[:, :band] = True
+    if inner_edges[:, -1].all():
+        out[:, w - band:] = True
+    return out
+
+
+def _grabcut_window(img, window: Window, clicks, box, previous, iterations, seed_fraction, hard_radius, channel):
     r0, c0, r1, c1 = window.image_bounds(img.shape)
     sub = img[r0:r1, c0:c1]
-    u8 = (normalise_crop(sub)[..., 0] * 255).astype(np.uint8)
+    u8 = (normalise_crop(sub)[..., channel] * 255).astype(np.uint8)
     bgr = cv2.merge([u8, u8, u8])
     h, w = sub.shape
     mask = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
@@ -59,9 +81,17 @@ def _grabcut_window(img, window: Window, clicks, box, previous, iterations, seed
         mask[~inside] = cv2.GC_BGD
         if previous is None:
             mask[inside] = cv2.GC_PR_FGD
-    for r, c, pos in clicks:
-        if pos and previous is None:
-            mask[disk((h, w), (r - r0, c - c0), max(3.0, seed_fraction * window.side))] = cv2.GC_PR_FGD
+    if previous is None and box is None:
+        if seed_fraction > 0:
+            for r, c, pos in clicks:
+                if pos:
+                    mask[disk((h, w), (r - r0, c - c0), max(3.0, seed_fraction * window.side))] = cv2.GC_PR_FGD
+        else:  # the window as GrabCut's rectangle: all probable foreground but a background band at its edge
+            band = max(2, int(round(0.12 * min(h, w))))
+            core = np.zeros((h, w), bool)
+            core[band:h - band, band:w - band] = True
+            mask[core] = cv2.GC_PR_FGD
+            mask[~core & inner_band(inner, band)] = cv2.GC_BGD
     for r, c, pos in clicks:
         mask[disk((h, w), (r - r0, c - c0), hard_radius)] = cv2.GC_FGD if pos else cv2.GC_BGD
     if not (mask == cv2.GC_BGD).any() and not (mask == cv2.GC_PR_BGD).any():
@@ -83,9 +113,10 @@ def grabcut_segment(
     iterations: int = 5,
     min_side: float = 64.0,
     margin: float = 0.4,
-    seed_fraction: float = 0.08,
+    seed_fraction: float = 0.0,
     hard_radius: float = 2.0,
     max_expansions: int = 2,
+    equalise: bool = False,
 ) -> np.ndarray:
     """GrabCut (Rother et al. 2004, OpenCV) from the same prompt as :func:`segcore.interactive.segment`.
 
@@ -96,7 +127,7 @@ def grabcut_segment(
     points = [(r, c) for r, c, _ in clicks]
     window = window_for_prompt(img.shape, points, box=box, previous=previous, size=1, min_side=min_side,
                                margin=margin)
-    args = (iterations, seed_fraction, hard_radius)
+    args = (iterations, seed_fraction, hard_radius, 1 if equalise else 0)
     block, bounds = _grabcut_window(img, window, clicks, box, previous, *args)
     for _ in range(max_expansions if box is None else 0):
         if not _touches_inner_edge(block, bounds, img.shape) or window.side >= 2 * max(img.shape):
@@ -115,6 +146,11 @@ def grabcut_segment(
 def brush_session(gt: np.ndarray, radius: float, *, threshold: float = 0.9, max_dabs: int = 2000) -> dict:
     """Manual painting with a round brush, one dab per simulated click, until ``threshold`` IoU.
 
+    Each dab is centred on the simulator's click and paints (positive) or erases
+    (negative) a disk of ``radius`` pixels, shrunk where the error region is thinner
+    so that it stays inside it (a careful user switching to a finer brush); a disk
+    of radius 0 is the clicked pixel alone.
+
     Returns ``{"dabs": n or None, "painted_px": pixels changed, "ious": [...]}``;
     ``dabs`` is None when ``max_dabs`` did not reach the threshold (e.g. a brush
     wider than the object's thin parts).
@@ -132,7 +168,9 @@ def brush_session(gt: np.ndarray, radius: float, *, threshold: float = 0.9, max_
         click = next_click(gt, pred)
         if click is None:
             return {"dabs": k - 1, "painted_px": painted, "ious": ious}
-        d = disk(gt.shape, click[:2], radius)
+        region = (gt & ~pred) if click[2] else (pred & ~gt)
+        depth = float(_border_distance(region)[click[0], click[1]])
+        d = disk(gt.shape, click[:2], max(0.0, min(float(radius), depth - 1.0)))
         new = pred | d if click[2] else pred & ~d
         painted += int((new != pred).sum())
         if (new == pred).all():  # the brush cannot change anything here any more
