@@ -158,7 +158,8 @@ def _cmd_train_interactive(args) -> int:
     from .interactive.card import write_card
     from .interactive.train import TrainSettings, train_interactive
 
-    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed)
+    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+                             max_sim_rounds=args.sim_rounds, init=args.init)
     model = train_interactive(args.out, settings, shared_data=args.shared_data)
     write_card(args.out, model.config)
     print(json.dumps({k: v for k, v in model.config.training.items() if k != "history"}, indent=1))
@@ -244,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sim-rounds", type=int, default=3, help="most simulator rounds per batch (uniform above 3)")
+    p.add_argument("--init", default=None, help="continue from this interactive model folder (fine-tuning stage)")
     p.set_defaults(func=_cmd_train_interactive)
 
     args = parser.parse_args(argv)

@@ -31,6 +31,12 @@ def render_card(config: InteractiveConfig, results: dict | None = None) -> str:
         f"({st.get('steps', '?')} steps of {st.get('batch_size', '?')} prompts, Adam {st.get('learning_rate', '?')} "
         f"with cosine decay, BCE + soft Dice) on the CPU in {tr.get('seconds', '?')} s. Objects in the pool: "
         f"{json.dumps(tr.get('pool', {}))}.", "",
+        *([f"This is a second stage: it continues from the model trained by `python -m segcore train-interactive` "
+           f"(defaults: {tr['parent']['settings']['steps']} steps, seed {tr['parent']['settings']['seed']}, "
+           f"{tr['parent']['seconds']} s), with up to {st.get('max_sim_rounds')} simulator rounds per batch: "
+           f"`python -m segcore train-interactive --init sample_data/models/interactive --steps {st.get('steps')} "
+           f"--lr {st.get('learning_rate')} --seed {st.get('seed')} --sim-rounds {st.get('max_sim_rounds')}`.", ""]
+          if tr.get("parent") else []),
         "- `synth`: seeded synthetic scenes (`segcore.interactive.synth.make_scene`): star blobs, ellipses, lobulated "
         "and polygonal shapes, thick curves, 3-45 px radius, flat/noisy/rim/centre textures, either polarity, "
         "touching clusters, blur, noise, random monotone intensity mapping.",

@@ -35,7 +35,9 @@ class InteractiveConfig:
     network pixels; ``percentiles``: the crop's linear normalisation range;
     ``max_expansions``: how often the window is doubled when the object reaches its
     edge; ``threshold``: probability cut; ``keep_clicked_components``: drop predicted
-    components that hold no positive click (when there are positive clicks).
+    components that hold no positive click (when there are positive clicks);
+    ``click_force_radius``: pixels within this many image pixels of a click take the
+    click's side (0: only the network decides).
     """
 
     net_size: int = 128
@@ -47,6 +49,7 @@ class InteractiveConfig:
     max_expansions: int = 2
     threshold: float = 0.5
     keep_clicked_components: bool = True
+    click_force_radius: float = 0.0
     filters: tuple[int, ...] = (16, 32, 64, 128)
     version: str = "v1"
     metrics: dict = dataclasses.field(default_factory=dict)

@@ -23,7 +23,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from .encode import encode
+from .encode import disk, encode
 from .geometry import Window, paste, window_for_prompt
 from .model import ClickModel, InteractiveConfig, load_model
 
@@ -187,6 +187,9 @@ def segment(
         inside = np.zeros_like(out)
         inside[int(np.ceil(box[0])):int(np.floor(box[2])) + 1, int(np.ceil(box[1])):int(np.floor(box[3])) + 1] = True
         out &= inside
+    if cfg.click_force_radius > 0:
+        for r, c, pos in clicks:  # later clicks win over earlier ones
+            out[disk(out.shape, (r, c), cfg.click_force_radius)] = pos
     if cfg.keep_clicked_components:
         out = _keep_clicked(out, clicks)
     return out

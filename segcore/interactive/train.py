@@ -46,6 +46,7 @@ class TrainSettings:
     instance_phantoms: int = 80
     box_fraction: float = 0.25
     max_sim_rounds: int = 3
+    init: str | None = None  # continue from this model folder's weights (a second, fine-tuning stage)
     source_weights: dict = dataclasses.field(
         default_factory=lambda: {"synth": 0.45, "phantom": 0.2, "instances": 0.1, "stardist": 0.25})
 
@@ -215,6 +216,12 @@ def train_interactive(out_dir: str | Path, settings: TrainSettings | None = None
     log(json.dumps({"pool": {s: len(pool[s]) for s in sources}, "seconds": round(time.perf_counter() - t0, 1)}))
 
     net = build_click_unet(cfg.net_size, cfg.channels, cfg.filters)
+    if settings.init:
+        parent = ClickModel.load(settings.init)
+        net.set_weights(parent.keras_model.get_weights())
+        cfg = dataclasses.replace(parent.config, training={}, metrics={})
+        log(json.dumps({"initialised_from": str(settings.init), "parent_training": parent.config.training.get(
+            "settings")}))
     model = ClickModel(net, cfg)
     schedule = keras.optimizers.schedules.CosineDecay(settings.learning_rate, settings.steps, alpha=0.05)
     opt = keras.optimizers.Adam(schedule)
@@ -240,9 +247,10 @@ def train_interactive(out_dir: str | Path, settings: TrainSettings | None = None
             x, gt, cl, bx = make_sample(image, mask, rng, cfg, settings.box_fraction)
             xs.append(x), gts.append(gt), clicks.append(cl), boxes.append(bx)
         x = np.stack(xs)
-        rounds = int(rng.choice(settings.max_sim_rounds + 1, p=[0.3, 0.3, 0.2, 0.2][: settings.max_sim_rounds + 1]
+        rounds = int(rng.choice(settings.max_sim_rounds + 1, p=[0.3, 0.3, 0.2, 0.2]
                                 if settings.max_sim_rounds == 3 else None))
-        if rounds and it > settings.steps // 10:  # let the network learn the first click before feeding it back
+        warm = settings.init is not None or it > settings.steps // 10
+        if rounds and warm:  # let the network learn the first click before feeding it back
             x = simulate_rounds(model, x, gts, clicks, boxes, rounds)
         y = np.stack(gts)[..., None].astype(np.float32)
         running.append(float(step(tf.constant(x), tf.constant(y))))
@@ -252,8 +260,11 @@ def train_interactive(out_dir: str | Path, settings: TrainSettings | None = None
             running = []
             history.append(rec)
             log(json.dumps(rec))
+    parent_training = ClickModel.load(settings.init).config.training if settings.init else None
     cfg.training = {"settings": dataclasses.asdict(settings), "pool": {s: len(pool[s]) for s in sources},
                     "seconds": round(time.perf_counter() - t0, 1), "history": history}
+    if parent_training:
+        cfg.training["parent"] = parent_training
     model = ClickModel(net, cfg)
     model.save(out_dir)
     return model
