@@ -163,8 +163,9 @@ def targets(res):
     for name in net:
         t[f"{name}: NoC@90 and NoC@85 better than GrabCut"] = (net[name]["noc90"] < gc[name]["noc90"]
                                                               and net[name]["noc85"] < gc[name]["noc85"])
-    first_ms = res["timing"]["network"]["first_click_ms_median"]
-    t["time per click (512x512, first click, median) <= 60 ms"] = first_ms <= 60
+    if res.get("timing"):
+        first_ms = res["timing"]["network"]["first_click_ms_median"]
+        t["time per click (512x512, first click, median) <= 60 ms"] = first_ms <= 60
     return t
 
 
@@ -174,6 +175,8 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=None, help="at most this many objects per data set (quick look)")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "interactive.json"))
+    ap.add_argument("--part", choices=("all", "quality", "timing"), default="all",
+                    help="quality: the click sessions only (untimed); timing: only the timing, merged into --out")
     ap.add_argument("--write-card", action="store_true",
                     help="also write the measured metrics into the model's MODEL_CARD.md and config.json")
     args = ap.parse_args(argv)
@@ -181,9 +184,13 @@ def main(argv=None):
     from segcore.interactive import grabcut_segment, load_model, segment
 
     model = load_model(args.model)
-    sets = datasets(SHARED, args.limit)
-    res = {"max_clicks": MAX_CLICKS, "model": str(args.model or "sample_data/models/interactive"),
-           "n_objects": {k: len(v) for k, v in sets.items()}, "network": {}, "grabcut": {}, "brush": {}}
+    if args.part == "timing":
+        res = json.loads(Path(args.out).read_text())
+        sets = {}
+    else:
+        sets = datasets(SHARED, args.limit)
+        res = {"max_clicks": MAX_CLICKS, "model": str(args.model or "sample_data/models/interactive"),
+               "n_objects": {k: len(v) for k, v in sets.items()}, "network": {}, "grabcut": {}, "brush": {}}
     for name, objs in sets.items():
         t0 = time.perf_counter()
         res["network"][name] = evaluate_method(lambda im, c, **kw: segment(im, c, model=model, **kw), objs)
@@ -191,9 +198,10 @@ def main(argv=None):
         res["brush"][name] = evaluate_brush(objs)
         print(name, json.dumps({m: {k: res[m][name][k] for k in ("noc85", "noc90", "iou_1_click", "iou_5_clicks")}
                                 for m in ("network", "grabcut")}), f"{time.perf_counter() - t0:.0f} s", flush=True)
-    res["timing"] = timing(model, SHARED, args.repeats)
+    res["timing"] = timing(model, SHARED, args.repeats) if args.part != "quality" else None
     res["targets"] = targets(res)
-    res["command"] = "flock /tmp/segcore-cpu.lock .venv/bin/python bench/interactive.py"
+    res["command"] = ("flock /tmp/segcore-cpu.lock .venv/bin/python bench/interactive.py (or --part quality, then "
+                      "--part timing under the lock)")
     res["machine"] = f"{os.cpu_count()} CPU cores, no GPU"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))
@@ -205,7 +213,8 @@ def main(argv=None):
         folder = Path(args.model or DEFAULT_MODEL_DIR)
         model.config.metrics = {name: {k: v for k, v in r.items() if k != "per_object"}
                                 for name, r in res["network"].items()}
-        model.config.metrics["timing"] = res["timing"]
+        if res["timing"]:
+            model.config.metrics["timing"] = res["timing"]
         (folder / "config.json").write_text(model.config.to_json())
         write_card(folder, model.config, res)
 

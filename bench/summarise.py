@@ -139,7 +139,9 @@ def main():
                 cells = [f"{b[f'radius_{r}']['iou90']['reached_fraction']:.0%}, "
                          f"{b[f'radius_{r}']['iou90']['dabs_mean_where_reached']}" for r in (2, 4)]
                 out.append(f"| {label} | {b['object_area_px_median']:.0f} | {cells[0]} | {cells[1]} |")
-        t = it["timing"]
+        t = it["timing"] or {"image": "—", "network": {"first_click_ms_median": "—", "second_click_ms_median": "—"},
+                             "repeats": 0, "network_forward_only_ms_median": "—",
+                             "grabcut": {"first_click_ms_median": "—"}}
         out += ["", f"Time per click, `segment()` on {t['image']}: first click {t['network']['first_click_ms_median']} "
                 f"ms, second click {t['network']['second_click_ms_median']} ms (median of {t['repeats']}; network "
                 f"forward alone {t['network_forward_only_ms_median']} ms); GrabCut "

@@ -1,9 +1,12 @@
 """Interactive (click and box) segmentation: the object a user points at, class-agnostic.
 
-    >>> from segcore.interactive import load_model, segment   # doctest: +SKIP
-    >>> model = load_model()                      # once per process (cached, read-only)
-    >>> mask = segment(image, [(120, 88, True)], model=model)
-    >>> mask = segment(image, [(120, 88, True), (131, 101, False)], previous=mask, model=model)
+Usage::
+
+    from segcore.interactive import load_model, segment
+    model = load_model()                      # once per process (cached, read-only)
+    mask = segment(image, [(120, 88, True)], model=model)                                   # a click
+    mask = segment(image, [(120, 88, True), (131, 101, False)], previous=mask, model=model)  # remove a leak
+    mask = segment(image, [], box=(100, 70, 140, 110), model=model)                         # a box
 
 Public API: :func:`segment` (NumPy in, boolean ``H,W`` mask out, deterministic),
 :func:`load_model` / :class:`ClickModel` / :class:`InteractiveConfig`,

@@ -66,7 +66,7 @@ def render_card(config: InteractiveConfig, results: dict | None = None) -> str:
             lines.append(f"| {name} | {r['n_objects']} | {r['noc85']} | {r['noc90']} | {r['iou_1_click']} | "
                          f"{r['iou_3_clicks']} | {r['iou_5_clicks']} | {r['iou_box_only']} | {g['noc85']} | "
                          f"{g['noc90']} |")
-        t = results.get("timing", {})
+        t = results.get("timing") or {}
         if t:
             lines += ["", f"Time per click on {t['image']}: {t['network']['first_click_ms_median']} ms (first "
                       f"click), {t['network']['second_click_ms_median']} ms (second click), median on "

@@ -6,8 +6,8 @@ positives (background pixels taken). Each region's pixels get their Euclidean
 distance to the region's border, the image border counting as border; the next
 click goes to the pixel farthest from the border over all error pixels, i.e. the
 interior-most point of the largest (deepest) error region; it is positive when
-that region is a miss, negative when it is a false detection; ties go to the first
-pixel in row-major order. With an empty prediction the first click therefore lands
+that region is a miss, negative when it is a false detection (equally deep: negative);
+ties between pixels go to the first in row-major order. With an empty prediction the first click therefore lands
 on the object's interior-most point. Masks are boolean ``H,W``; IoU of two empty
 masks is 1.
 """
@@ -54,7 +54,7 @@ def next_click(gt: np.ndarray, pred: np.ndarray | None) -> tuple[int, int, bool]
         return None
     d_fn, d_fp = _border_distance(fn), _border_distance(fp)
     m_fn, m_fp = float(d_fn.max()), float(d_fp.max())
-    positive = m_fn >= m_fp
+    positive = m_fn > m_fp  # ties go to a negative click, as in RITM's evaluation
     d = d_fn if positive else d_fp
     r, c = np.unravel_index(int(np.argmax(d)), d.shape)
     return int(r), int(c), bool(positive)
