@@ -147,6 +147,18 @@ def _cmd_predict(args) -> int:
     return 1 if failures == len(files) else 0
 
 
+def _cmd_train_interactive(args) -> int:
+    from .interactive.card import write_card
+    from .interactive.train import TrainSettings, train_interactive
+
+    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+                             max_sim_rounds=args.sim_rounds, init=args.init)
+    model = train_interactive(args.out, settings, shared_data=args.shared_data)
+    write_card(args.out, model.config)
+    print(json.dumps({k: v for k, v in model.config.training.items() if k != "history"}, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m segcore", description="segcore command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -218,6 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.set_defaults(func=lambda a: __import__("segcore.instances.train", fromlist=["x"]).train_maskrcnn(
         a.data, a.out, steps=a.steps, batch_size=a.batch_size, learning_rate=a.lr) and 0)
+
+    p = sub.add_parser("train-interactive", help="train the click/box segmentation network (seeded)")
+    p.add_argument("--out", default="sample_data/models/interactive")
+    p.add_argument("--shared-data", default="../shared/data", help="folder with stardist/ (training sub-volume)")
+    p.add_argument("--steps", type=int, default=3600)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sim-rounds", type=int, default=3, help="most simulator rounds per batch (uniform above 3)")
+    p.add_argument("--init", default=None, help="continue from this interactive model folder (fine-tuning stage)")
+    p.set_defaults(func=_cmd_train_interactive)
 
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

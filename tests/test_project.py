@@ -32,7 +32,8 @@ def test_sample_set_has_three_classes_and_stays_small(root):
         files = [p for p in sd.rglob("*") if p.is_file() and "logs" not in p.parts
                  and not p.is_relative_to(sd / "instances" / "train")]
     total = sum(p.stat().st_size for p in files if p.is_file())
-    assert total < 30e6, f"sample_data is {total / 1e6:.1f} MB"
+    # 30 MB before the 2 MB click model (sample_data/models/interactive) was added
+    assert total < 35e6, f"sample_data is {total / 1e6:.1f} MB"
 
 
 def test_segcore_never_imports_streamlit(root):
