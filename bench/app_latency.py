@@ -2,8 +2,10 @@
 
 Measured, each as a median over several tries on one server:
 
-* first load: a fresh server (cold: imports and model load included) and a new browser session on a warm server,
-  from navigation until both overlays of the first figure are drawn;
+* first load: a fresh server (cold: the first page view after the server reports healthy; the model load is
+  included, and so are TensorFlow's imports unless the server is started by scripts/serve.py, as scripts/run.sh
+  does) and a new browser session on a warm server, from navigation until both overlays of the first figure
+  are drawn;
 * upload of a 512x512 PNG -> raw and refined overlays drawn;
 * sample switch, view switch, display-window preset, refinement slider (closing kernel), CRF iterations +1,
   6 keyboard steps of a slider (each step is a rerun): from the action until the figure shows the change and
@@ -34,6 +36,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from e2e_support import server_command  # noqa: E402
 
 IDLE = ("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
         " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')")
@@ -54,7 +59,7 @@ def _port():
 def start_server(app_dir: Path, data_dir: Path):
     port = _port()
     env = {**os.environ, "SEGCORE_DATA_DIR": str(data_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+    proc = subprocess.Popen([*server_command(app_dir), "--server.port", str(port),
                              "--server.headless", "true", "--server.fileWatcherType", "none",
                              "--browser.gatherUsageStats", "false"], cwd=app_dir, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -150,7 +155,8 @@ def main():
         p = tmp / f"scan_{i}.png"
         cv2.imwrite(str(p), np.clip(hu + HU_OFFSET, 0, 4095).astype(np.uint16))
         pngs.append(p)
-    res: dict = {"app_dir": str(app_dir), "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=app_dir,
+    res: dict = {"server": " ".join(Path(a).name for a in server_command(app_dir)[1:]), "app_dir": str(app_dir),
+                 "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=app_dir,
                                                                 capture_output=True, text=True).stdout.strip()}
     proc, url = start_server(app_dir, tmp / "data")
     samples = {k: [] for k in ("first_load_warm", "sample_switch", "view_switch", "window_preset", "refine_slider",

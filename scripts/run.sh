@@ -7,5 +7,5 @@ source scripts/_venv.sh
 ensure_venv requirements.txt
 export TF_CPP_MIN_LOG_LEVEL=2
 echo "==> starting segcore on http://localhost:${PORT:-8501} (Ctrl+C stops it)"
-exec .venv/bin/python -m streamlit run app.py --server.port "${PORT:-8501}" --server.headless true \
+exec .venv/bin/python scripts/serve.py --server.port "${PORT:-8501}" --server.headless true \
   --browser.gatherUsageStats false --server.fileWatcherType none "$@"

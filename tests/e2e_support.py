@@ -24,6 +24,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_command(app_dir: Path = ROOT) -> list[str]:
+    """How scripts/run.sh starts the app (scripts/serve.py), or plain ``streamlit run`` for older checkouts."""
+    serve = app_dir / "scripts" / "serve.py"
+    return [sys.executable, str(serve)] if serve.is_file() else [sys.executable, "-m", "streamlit", "run", "app.py"]
+
+
 @contextlib.contextmanager
 def streamlit_app(data_dir: Path, *, host: str = "127.0.0.1", port: int | None = None, extra_args=(),
                   app_dir: Path = ROOT):
@@ -34,7 +40,7 @@ def streamlit_app(data_dir: Path, *, host: str = "127.0.0.1", port: int | None =
     log_path = data_dir / "streamlit.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless",
+            [*server_command(app_dir), "--server.port", str(port), "--server.headless",
              "true", "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", *extra_args],
             cwd=app_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://{host}:{port}"
