@@ -3,6 +3,7 @@
 import streamlit as st
 
 from segcore.display import display_image, resolve_window
+from segcore.annotate import changed_pixels
 from segcore.labels import load_mask
 from segcore.viz import overlay
 from ui import auth, catalogue, resources, state, widgets
@@ -37,32 +38,37 @@ start = st.radio("Start from", starts, horizontal=True, key="sc_start",
                                         if previous else ""}[s])
 base_mask = load_mask(previous[-1].mask_path) if start == "previous" else (seg.refined if start == "refined"
                                                                            else seg.raw)
-tag = f"{cur.key[:12]}-{cur.slice_index}-{start}"
-corrected, n_objects, changed = widgets.correction_canvas(display, base_mask, names, key=f"sc_corr_{tag}")
+tag = f"sc_corr_{cur.key[:12]}-{cur.slice_index}-{start}"
 
-st.markdown(f"**{widgets.plural(n_objects, 'stroke')}** · **{widgets.plural(changed, 'pixel')} changed** from the "
-            f"{start} mask")
-with st.expander("Preview of the corrected mask", expanded=changed > 0):
-    st.image(overlay(display, corrected, 0.5), width=min(image.shape[1], 720))
 
-author = state.identity()
-refusal = auth.needs(author, "save_correction")
-save = st.button("Save correction", type="primary", disabled=refusal is not None or changed == 0, key="sc_save",
-                 help="Enabled once you have changed at least one pixel (and are allowed to save corrections).")
-if refusal:
-    st.warning(refusal if author else "Enter your name in the sidebar to save: corrections record who made them.")
-elif changed == 0:
-    st.caption("Nothing to save yet: draw on the mask first.")
-if save:
-    try:
-        rec = ws.save_correction(catalogue.scan_bytes(cur.key), cur.name, corrected, author=author,
-                                 model_version=cur.model_version, source=start, slice_index=cur.slice_index,
-                                 class_names=names)
-    except (ValueError, OSError, PermissionError) as exc:
-        st.error(f"Not saved: {exc}")
-    else:
-        st.success(f"Saved correction of {cur.name} ({widgets.plural(changed, 'pixel')} changed) to {rec.path}")
+@st.fragment
+def editor():
+    """Edits rerun only this part of the page: the figure/canvas, the counter and Save."""
+    corrected, edits = widgets.mask_editor(image, display, base_mask, names, key=tag)
+    changed = changed_pixels(base_mask, corrected)
+    st.markdown(f"**{edits}** · **{widgets.plural(changed, 'pixel')} changed** from the {start} mask")
+    with st.expander("Preview of the corrected mask", expanded=False):
+        st.image(overlay(display, corrected, 0.5), width=min(image.shape[1], 720))
+    author = state.identity()
+    refusal = auth.needs(author, "save_correction")
+    save = st.button("Save correction", type="primary", disabled=refusal is not None or changed == 0, key="sc_save",
+                     help="Enabled once you have changed at least one pixel (and are allowed to save corrections).")
+    if refusal:
+        st.warning(refusal if author else "Enter your name in the sidebar to save: corrections record who made them.")
+    elif changed == 0:
+        st.caption("Nothing to save yet: draw on the mask or add an object with Smart click first.")
+    if save:
+        try:
+            rec = ws.save_correction(catalogue.scan_bytes(cur.key), cur.name, corrected, author=author,
+                                     model_version=cur.model_version, source=start, slice_index=cur.slice_index,
+                                     class_names=names)
+        except (ValueError, OSError, PermissionError) as exc:
+            st.error(f"Not saved: {exc}")
+        else:
+            st.success(f"Saved correction of {cur.name} ({widgets.plural(changed, 'pixel')} changed) to {rec.path}")
 
+
+editor()
 saved = ws.list_corrections()
 if saved:
     st.subheader(f"Saved corrections ({len(saved)})")

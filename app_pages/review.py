@@ -5,7 +5,8 @@ import time
 
 import streamlit as st
 
-from segcore.display import display_image, resolve_window, WindowChoice
+from segcore.annotate import changed_pixels
+from segcore.display import WindowChoice, display_image, resolve_window
 from segcore.figures import image_panels
 from segcore.io import ScanError, load_scan
 from segcore.measure import disagreement_map, label, review_rows
@@ -109,10 +110,17 @@ with tab_review:
     widgets.show_legend(names, prefix="Overlay colours: ")
     mine = latest.get((case.id, me))
     base = store.accepted_mask(mine["id"]) if mine else refined
-    with st.expander("Correct the mask", expanded=False):
-        corrected, n_obj, changed = widgets.correction_canvas(disp, base, names, key=f"sc_rv_{case.id}_{me}")
-        st.caption(f"{widgets.plural(n_obj, 'stroke')} · {widgets.plural(changed, 'pixel')} changed")
+    edit_key = f"sc_rv_{case.id}_{me}"
 
+    @st.fragment
+    def review_editor():
+        with st.expander("Correct the mask", expanded=False):
+            mask, edits = widgets.mask_editor(img, disp, base, names, key=edit_key)
+            st.caption(f"{edits} · {widgets.plural(changed_pixels(base, mask), 'pixel')} changed")
+
+    review_editor()
+    corrected = widgets.edited_mask(edit_key, base)
+    changed = changed_pixels(base, corrected)
     cols = st.columns([2, 2, 3])
     verdict = cols[0].radio("Verdict", VERDICTS, index=1 if changed else 0, format_func=label,
                             key=f"sc_rv_verdict_{case.id}")

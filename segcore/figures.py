@@ -118,7 +118,7 @@ def image_panels(
         if clickable and i == 1:  # points receive clicks (a heatmap would take them); they carry the hover too
             cstride = max(stride, int(np.ceil(np.sqrt(h * w / (96 * 96)))))
             rr, cc = (a.ravel() for a in np.mgrid[0:h:cstride, 0:w:cstride])
-            extra: dict = {"hoverinfo": "skip"}
+            extra: dict = {"hovertemplate": "row %{y}, col %{x}<extra></extra>"}  # points must hover to be clicked
             if pixel_values is not None:
                 none = np.zeros(rr.size)
                 extra = dict(customdata=np.stack([

@@ -12,7 +12,8 @@ from .labels import png_bytes
 
 __all__ = ["instances_image", "PALETTE", "overlay", "contours", "diff_image", "to_rgb", "png_bytes", "save_label_nifti",
            "nifti_bytes", "colorize", "instance_colours", "place_labels", "canvas_background", "class_hex",
-           "view_panels", "instance_labels", "VIEWS", "mask_layer", "contour_layer", "diff_layer", "instance_layer"]
+           "view_panels", "instance_labels", "VIEWS", "mask_layer", "contour_layer", "diff_layer", "instance_layer",
+           "proposal_layer"]
 
 # RGB per class (0 = background, unused)
 PALETTE = np.array([
@@ -240,3 +241,16 @@ def instance_labels(instances: dict, image_shape: tuple[int, int], screen_scale:
     cols = instance_colours(len(texts))
     return [(r, c, t, "#%02x%02x%02x" % tuple(int(v) for v in col))
             for (t, spot, col) in zip(texts, spots, cols) if spot is not None for r, c in [spot]]
+
+
+def proposal_layer(labels: np.ndarray, proposal: np.ndarray | None, label: int, alpha: float = 0.45) -> np.ndarray:
+    """RGBA layer for the smart-click tool: the current mask, and the proposed object in its class colour
+    (more opaque) with a yellow outline."""
+    out = mask_layer(labels, alpha)
+    if proposal is not None and np.any(proposal):
+        prop = np.asarray(proposal, bool)
+        out[prop, :3] = PALETTE[label % len(PALETTE)]
+        out[prop, 3] = int(round(min(1.0, alpha + 0.25) * 255))
+        cs, _ = cv2.findContours(prop.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, cs, -1, (241, 196, 15, 255), 1)
+    return out

@@ -96,6 +96,8 @@ def test_segment_correct_finetune_promote(app_server, browser):
     page.get_by_role("link", name="Correct").first.click()
     page.get_by_role("heading", name="Correct").wait_for(timeout=30_000)
     _wait_idle(page)
+    page.get_by_text("Brush", exact=True).click()
+    _wait_idle(page)
     _draw_stroke(page, start=(60, 60), step=(8, 2), n=20)
     _wait_idle(page)
     import re
@@ -182,6 +184,8 @@ def test_two_reviewers_same_case_agreement(app_server, browser):
 
     # Dr B corrects the mask, Dr A accepts as is; both at once
     b.get_by_text("Correct the mask").click()
+    b.get_by_text("Brush", exact=True).click()
+    _wait_idle(b)
     _draw_stroke(b, start=(40, 40), step=(10, 3), n=15)
     b.get_by_text(re.compile(r"^[1-9]\d* strokes?")).wait_for(timeout=30_000)
     _wait_idle(b)
@@ -301,3 +305,64 @@ def test_polygon_fill_is_saved_as_drawn_and_review_point_is_clicked(app_server, 
 
     v = [v for v in ReviewStore(data_dir=data_dir).verdicts() if v["reviewer"] == "Dr Poly"][-1]
     assert v["point_x"] is not None and v["point_y"] is not None
+
+
+def _click_image(page, fig, r, c, shape):
+    """Click image pixel (row, col) on the first panel of a plotly image figure."""
+    bb = fig.locator(".nsewdrag").first.bounding_box()
+    h, w = shape
+    page.mouse.click(bb["x"] + (c + 0.5) / w * bb["width"], bb["y"] + (r + 0.5) / h * bb["height"])
+
+
+def test_smart_click_segments_an_object_and_saves_it(app_server, browser):
+    """Click inside the lesion with Smart click, accept it as organ, save: the saved mask has the object."""
+    import re
+
+    import cv2
+    import numpy as np
+
+    from segcore.io import load_scan
+    from segcore.models import load_model
+    from segcore.pipeline import segment
+
+    url, data_dir = app_server
+    scan = load_scan(ROOT / "sample_data" / "demo" / "phantom_ct_512.dcm")
+    seg = segment(scan, *load_model(ROOT / "sample_data" / "models" / "default"))
+    n, comp, stats, cents = cv2.connectedComponentsWithStats((seg.refined == 2).astype(np.uint8))
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    dist = cv2.distanceTransform((comp == k).astype(np.uint8), cv2.DIST_L2, 5)
+    r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)  # the lesion's interior-most pixel
+    area = int(stats[k, cv2.CC_STAT_AREA])
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url + "/?reviewer=Dr+Click")
+    page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
+    _wait_idle(page)
+    page.get_by_role("link", name="Correct").first.click()
+    page.get_by_role("heading", name="Correct").wait_for(timeout=30_000)
+    _wait_idle(page)
+    fig = page.locator(".js-plotly-plot").first
+    fig.wait_for(timeout=30_000)
+    fig.scroll_into_view_if_needed()
+    page.wait_for_timeout(800)
+    t0 = time.perf_counter()
+    _click_image(page, fig, r, c, scan.pixels.shape)
+    page.get_by_text(re.compile(r"^1 click on this object")).wait_for(timeout=60_000)
+    _wait_idle(page)
+    click_to_overlay = time.perf_counter() - t0
+    page.screenshot(path=str(ARTIFACTS / "05c_smart_click.png"), full_page=True)
+    page.get_by_role("button", name="Accept as organ").click()
+    page.get_by_text(re.compile(r"^1 object added by smart click")).wait_for(timeout=60_000)
+    _wait_idle(page)
+    text = page.get_by_text(re.compile(r"changed from the")).inner_text()
+    changed = int(re.search(r"(\d+) pixels? changed", text).group(1))
+    assert 0.2 * area <= changed <= 1.5 * area, (changed, area)  # one click; quality is bench/interactive.py's job
+    page.get_by_role("button", name="Save correction").click()
+    page.get_by_test_id("stAlertContentSuccess").get_by_text("Saved correction").wait_for(timeout=30_000)
+    saved = sorted((d for d in (data_dir / "corrections").iterdir() if not d.name.startswith(".")),
+                   key=lambda d: d.stat().st_mtime)
+    mask = cv2.imread(str(saved[-1] / "mask.png"), cv2.IMREAD_UNCHANGED)
+    inside = int(((mask == 1) & (comp == k)).sum())  # the accepted object lies in the clicked lesion
+    assert mask[r, c] == 1 and inside >= 0.8 * changed, (inside, changed)
+    _no_exception(page)
+    (ARTIFACTS / "e2e_smart_click.json").write_text(json.dumps({"click_to_overlay_s": round(click_to_overlay, 2)}))

@@ -104,22 +104,119 @@ def model_card(card: dict, warnings: list[str], *, expanded: bool = False) -> No
                                                      if isinstance(v, (int, float, str))))
 
 
-def correction_canvas(display, base_mask, class_names, key: str):
-    """Brush / eraser / polygon tools over the scan; returns ``(corrected mask, n strokes, changed px)``.
+BRUSH_TOOLS = ("Brush", "Eraser", "Polygon fill")
+TOOLS = ("Smart click",) + BRUSH_TOOLS
 
-    Strokes are rasterised from their vector form at full resolution (segcore.annotate).
+
+def mask_editor(image, display, base_mask, class_names, key: str):
+    """Smart click (click/box prompts), brush, eraser and polygon tools on one working mask.
+
+    Returns ``(mask, edits)``: the edited label map and a sentence counting the edits. The working mask lives in
+    session state under ``key`` (strokes drawn with the canvas are folded into it when switching to Smart click,
+    so nothing drawn is lost); :func:`edited_mask` reads it back.
     """
+    ss = st.session_state
+    wk, ver, last = f"{key}_work", f"{key}_ver", f"{key}_last"
+    if wk not in ss:
+        ss[wk], ss[ver], ss[f"{key}_objects"] = base_mask, 0, 0
+    c1, c2, c3 = st.columns([2, 4, 2])
+    cls = c1.selectbox("Class", list(range(1, len(class_names))), format_func=lambda c: class_names[c],
+                       key=f"{key}_class")
+    tool = c2.radio("Tool", TOOLS, horizontal=True, key=f"{key}_tool",
+                    help="Smart click: click inside an object (or drag a box) and the network outlines it; "
+                         "'Remove' clicks take back a leak. Polygon: click the vertices, close on the first one.")
+    before = ss.get(f"{key}_prev_tool")
+    if before is not None and (before in BRUSH_TOOLS) != (tool in BRUSH_TOOLS) and last in ss:
+        ss[wk], ss[ver] = ss[last], ss[ver] + 1  # keep what the canvas drew; it restarts from the working mask
+    ss[f"{key}_prev_tool"] = tool
+    if tool == "Smart click":
+        positive = c3.radio("Click", ["Add", "Remove"], horizontal=True, key=f"{key}_sign") == "Add"
+        smart_click(image, display, cls, class_names, positive, key)
+        mask = ss[wk]
+        edits = plural(ss[f"{key}_objects"], "object") + " added by smart click"
+    else:
+        size = c3.slider("Brush (px)", 1, 60, 12, key=f"{key}_brush")
+        mask, n = _canvas(display, ss[wk], cls, class_names, tool, size, f"{key}_canvas_{ss[ver]}")
+        edits = plural(n, "stroke")
+    ss[last] = mask
+    return mask, edits
+
+
+def edited_mask(key: str, default):
+    """The editor's current mask (what Save stores), or ``default`` before any edit."""
+    return st.session_state.get(f"{key}_last", default)
+
+
+def smart_click(image, display, cls: int, class_names, positive: bool, key: str) -> None:
+    """Click/box prompts on a figure; the proposed object is accepted into the working mask as class ``cls``.
+
+    The last click or box (the chart's selection, in session state) is turned into a prompt *before* the figure
+    is drawn, and the buttons act in callbacks, so each interaction costs one rerun of the editor.
+    """
+    from segcore.annotate import apply_object, prompt_from_selection
+    from segcore.figures import image_panels
+    from segcore.interactive import load_model, segment
+    from segcore.viz import proposal_layer
+
+    ss = st.session_state
+    pk, wk, ok = f"{key}_prompt", f"{key}_work", f"{key}_objects"
+    empty = {"clicks": [], "box": None, "proposal": None, "seen": None}
+    prompt = ss.setdefault(pk, dict(empty))
+    fig_key = f"{key}_fig_{ss[f'{key}_ver']}_{ss[ok]}"
+    event = ss.get(fig_key)
+    selection = event.get("selection") if event else None
+    signature = repr(selection)
+    if signature != prompt["seen"]:
+        prompt["seen"] = signature
+        new = prompt_from_selection(selection, positive, image.shape)
+        if new is not None:
+            kind, value = new
+            if kind == "box":
+                prompt["box"] = value
+            else:
+                prompt["clicks"].append(value)
+            try:
+                prompt["proposal"] = segment(image, prompt["clicks"], box=prompt["box"],
+                                             previous=prompt["proposal"], model=load_model())
+            except ValueError as exc:
+                st.error(str(exc))
+
+    def accept():
+        ss[wk] = apply_object(ss[wk], prompt["proposal"], cls)
+        ss[ok] += 1
+        ss[pk] = dict(empty)
+
+    def undo():
+        prompt["clicks"].pop()
+        prompt["proposal"] = (segment(image, prompt["clicks"], box=prompt["box"], model=load_model())
+                              if prompt["clicks"] or prompt["box"] else None)
+
+    def discard():
+        ss[pk] = dict(empty, seen=prompt["seen"])
+
+    b1, b2, b3 = st.columns(3)
+    has = prompt["proposal"] is not None
+    b1.button(f"Accept as {class_names[cls]}", type="primary", disabled=not has, key=f"{key}_accept", on_click=accept)
+    b2.button("Undo last click", disabled=not prompt["clicks"], key=f"{key}_undo", on_click=undo)
+    b3.button("Discard object", disabled=not (has or prompt["clicks"]), key=f"{key}_discard", on_click=discard)
+    fig = image_panels([(f"Smart click: a click {'adds' if positive else 'removes'} · or choose the box-select tool "
+                         "and drag a box", display, proposal_layer(ss[wk], prompt["proposal"], cls))],
+                       clickable=True, box=prompt["box"],
+                       marks=[(r, c, "#2ecc71" if pos else "#e74c3c") for r, c, pos in prompt["clicks"]])
+    fig.update_layout(dragmode="pan")  # a click selects a point; the box-select tool (modebar) drags a box
+    st.plotly_chart(fig, key=fig_key, on_select="rerun", selection_mode=("points", "box"),
+                    config={"displaylogo": False})
+    st.caption(f"{plural(len(prompt['clicks']), 'click')}{' + a box' if prompt['box'] else ''} on this object · "
+               "green: add, red: remove, yellow outline: the proposed object (not in the mask until accepted).")
+
+
+def _canvas(display, base_mask, cls: int, class_names, tool: str, size: int, key: str):
+    """The drawing canvas over the working mask; returns ``(mask with strokes, n strokes)``."""
     from streamlit_drawable_canvas import st_canvas
 
-    from segcore.annotate import apply_strokes, changed_pixels
+    from segcore.annotate import apply_strokes
     from segcore.viz import PALETTE, canvas_background
 
-    c2, c3, c4 = st.columns([2, 3, 2])
-    cls = c2.selectbox("Class", list(range(1, len(class_names))), format_func=lambda c: class_names[c],
-                       key=f"{key}_class")
-    tool = c3.radio("Tool", ["Brush", "Eraser", "Polygon fill"], horizontal=True, key=f"{key}_tool",
-                    help="Polygon: click the vertices; double-click (or click the first vertex) to close and fill.")
-    size = c4.slider("Brush (px)", 1, 60, 12, key=f"{key}_brush")
     h, w = base_mask.shape
     canvas_w = min(720, w * 4)
     scale = w / canvas_w  # image pixels per canvas pixel (same on both axes)
@@ -131,9 +228,7 @@ def correction_canvas(display, base_mask, class_names, key: str):
     # a polygon is drawn with a hairline outline, so what is seen is its filled interior: what is saved
     result = st_canvas(fill_color=stroke, stroke_width=1 if polygon else size, stroke_color=stroke,
                        background_image=canvas_background(display, base_mask, canvas_w, canvas_h),
-                       height=canvas_h, width=canvas_w,
-                       drawing_mode="polygon" if polygon else "freedraw",
-                       key=f"{key}_canvas", update_streamlit=True)
+                       height=canvas_h, width=canvas_w, drawing_mode="polygon" if polygon else "freedraw",
+                       key=key, update_streamlit=True)
     objects = (result.json_data or {}).get("objects", []) if result is not None else []
-    corrected = apply_strokes(base_mask, objects, scale, PALETTE, eraser_color=ERASER)
-    return corrected, len(objects), changed_pixels(base_mask, corrected)
+    return apply_strokes(base_mask, objects, scale, PALETTE, eraser_color=ERASER), len(objects)
