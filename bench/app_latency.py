@@ -1,14 +1,27 @@
-"""Browser latency of the app (headless Chromium + Playwright), warm server.
+"""Browser latency of the app as a person feels it (headless Chromium + Playwright), action -> new figure visible.
 
-* upload of a 512x512 PNG -> raw and refined overlays visible (median of several uploads of
-  distinct images, after one warm-up upload);
-* a refinement slider change -> figure re-rendered and the script idle.
+Measured, each as a median over several tries on one server:
 
-    .venv/bin/python bench/app_latency.py    # writes bench/results/app.json
+* first load: a fresh server (cold: the first page view after the server reports healthy; the model load is
+  included, and so are TensorFlow's imports unless the server is started by scripts/serve.py, as scripts/run.sh
+  does) and a new browser session on a warm server, from navigation until both overlays of the first figure
+  are drawn;
+* upload of a 512x512 PNG -> raw and refined overlays drawn;
+* sample switch, view switch, display-window preset, refinement slider (closing kernel), CRF iterations +1,
+  6 keyboard steps of a slider (each step is a rerun): from the action until the figure shows the change and
+  the app is idle;
+* the CRF step time the app reports under the figure vs the library's ``dense_crf`` on the same 512x512 slice
+  with the same parameters, measured in this process in the same run (ratio).
+
+    .venv/bin/python bench/app_latency.py                      # the app in this checkout
+    .venv/bin/python bench/app_latency.py --app-dir ../before  # another checkout (before/after tables)
+    writes bench/results/app.json (or --out)
 """
 
+import argparse
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -23,9 +36,114 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from e2e_support import server_command  # noqa: E402
+
+IDLE = ("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')")
+# a signature of what the figures show: the data URIs of their images and their panel titles
+SIGNATURE = ("() => [...document.querySelectorAll('.js-plotly-plot image')].map(i => (i.getAttribute('href') || "
+             "'').length + ':' + (i.getAttribute('href') || '').slice(-40)).join('|') + '#' + "
+             "[...document.querySelectorAll('.js-plotly-plot .annotation-text')].map(a => a.textContent).join('|')")
+CAPTION = ("() => [...document.querySelectorAll('[data-testid=\"stCaptionContainer\"]')].map(e => e.innerText)"
+           ".find(t => t.includes('step times')) || ''")
 
 
-def main(n=5):
+def _port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(app_dir: Path, data_dir: Path):
+    port = _port()
+    env = {**os.environ, "SEGCORE_DATA_DIR": str(data_dir), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([*server_command(app_dir), "--server.port", str(port),
+                             "--server.headless", "true", "--server.fileWatcherType", "none",
+                             "--browser.gatherUsageStats", "false"], cwd=app_dir, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
+            return proc, url
+        except OSError:
+            time.sleep(0.25)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def wait_figure(page, timeout=180_000):
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot image').length >= 2", timeout=timeout)
+    page.wait_for_function(IDLE, timeout=timeout)
+
+
+def changed(page, before_sig, timeout=120_000):
+    page.wait_for_function(f"([b]) => ({SIGNATURE})() !== b", arg=[before_sig], timeout=timeout)
+    page.wait_for_timeout(30)
+    page.wait_for_function(IDLE, timeout=timeout)
+
+
+def timed_action(page, action, until):
+    """Run ``action()`` on a settled page and wait for ``until()``; returns seconds."""
+    page.wait_for_function(IDLE, timeout=120_000)
+    page.wait_for_timeout(400)
+    t0 = time.perf_counter()
+    action()
+    until()
+    return time.perf_counter() - t0
+
+
+def pick_option(page, label: str, option: str):
+    box = page.locator("[data-testid='stSelectbox']", has_text=label).first
+    box.locator("input").click()
+    page.keyboard.type(option)
+    page.keyboard.press("Enter")
+
+
+def caption_value(page, pattern: str) -> str | None:
+    m = re.search(pattern, page.evaluate(CAPTION))
+    return m.group(1) if m else None
+
+
+def wait_caption(page, pattern: str, old: str | None, timeout=120_000):
+    page.wait_for_function(
+        "([p, o]) => { const t = (" + CAPTION + ")(); const m = t.match(new RegExp(p)); return m && m[1] !== o; }",
+        arg=[pattern, old], timeout=timeout)
+    page.wait_for_timeout(30)
+    page.wait_for_function(IDLE, timeout=timeout)
+
+
+def library_crf_ms(repeats=7) -> tuple[float, dict]:
+    """dense_crf on the 512x512 demo DICOM with the app's default parameters and the default model's probs."""
+    from segcore.io import load_scan
+    from segcore.models import load_model
+    from segcore.pipeline import model_view, predict
+    from segcore.refine import RefineConfig, dense_crf
+
+    model, config = load_model(ROOT / "sample_data" / "models" / "default")
+    scan = load_scan(ROOT / "sample_data" / "demo" / "phantom_ct_512.dcm")
+    pred = predict(scan, model, config)
+    img = model_view(pred.image, config)
+    params = RefineConfig().crf
+    dense_crf(img, pred.probs, **params)
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dense_crf(img, pred.probs, **params)
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts) * 1000, params
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--app-dir", default=str(ROOT))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "app.json"))
+    ap.add_argument("-n", type=int, default=5)
+    args = ap.parse_args()
+    app_dir = Path(args.app_dir).resolve()
+    n = args.n
     from playwright.sync_api import sync_playwright
 
     from segcore.phantom import HU_OFFSET, make_phantom
@@ -37,79 +155,128 @@ def main(n=5):
         p = tmp / f"scan_{i}.png"
         cv2.imwrite(str(p), np.clip(hu + HU_OFFSET, 0, 4095).astype(np.uint16))
         pngs.append(p)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "SEGCORE_DATA_DIR": str(tmp / "data"), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.headless", "true", "--server.fileWatcherType", "none",
-                             "--browser.gatherUsageStats", "false"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    idle = ("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-            " || !document.querySelector('[data-testid=\"stStatusWidget\"]').innerText.includes('Running')")
-    uploads, sliders = [], []
+    res: dict = {"server": " ".join(Path(a).name for a in server_command(app_dir)[1:]), "app_dir": str(app_dir),
+                 "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=app_dir,
+                                                                capture_output=True, text=True).stdout.strip()}
+    proc, url = start_server(app_dir, tmp / "data")
+    samples = {k: [] for k in ("first_load_warm", "sample_switch", "view_switch", "window_preset", "refine_slider",
+                               "crf_iterations_plus1", "slider_6_keyboard_steps", "upload_png_512")}
+    app_crf = []
     try:
         with sync_playwright() as p:
             b = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync"])
+            t0 = time.perf_counter()
             page = b.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(url)
-            page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
-            page.wait_for_function(idle, timeout=120_000)
-            page.get_by_text("Upload", exact=True).click()
-            page.wait_for_function(idle, timeout=60_000)
-            for i, png in enumerate(pngs):
-                page.locator("input[type=file]").set_input_files(str(png))
+            wait_figure(page)
+            res["first_load_cold_s"] = round(time.perf_counter() - t0, 2)
+            for _ in range(n):
+                ctx = b.new_context(viewport={"width": 1400, "height": 1000})
+                pg = ctx.new_page()
                 t0 = time.perf_counter()
-                # the figure for this upload: the picker shows its name, then both overlays render
-                # the caption under the figure names the scan once its overlays are rendered
-                page.locator("[data-testid='stCaptionContainer']", has_text=png.name).wait_for(timeout=60_000)
-                page.locator(".js-plotly-plot .annotation-text", has_text="Refined").first.wait_for(timeout=60_000)
-                page.wait_for_timeout(50)
-                page.wait_for_function(idle, timeout=60_000)
-                page.locator(".js-plotly-plot image").nth(1).wait_for(timeout=60_000)
-                dt = time.perf_counter() - t0
-                if i > 0:
-                    uploads.append(dt)
-            import re
+                pg.goto(url)
+                wait_figure(pg)
+                samples["first_load_warm"].append(time.perf_counter() - t0)
+                ctx.close()
 
-            cap = page.locator("[data-testid='stCaptionContainer']", has_text="close ").first
-            track = page.locator("[data-testid='stSlider']", has_text="Closing kernel (px)").first
-            track.scroll_into_view_if_needed()
+            names = ["phantom test/test_000.png", "phantom_ct_512.dcm", "phantom test/test_001.png",
+                     "phantom_ct_512.dcm", "phantom test/test_002.png", "phantom_ct_512.dcm"]
+            for name in names[:n + 1]:
+                sig = page.evaluate(SIGNATURE)
+                dt = timed_action(page, lambda: pick_option(page, "Sample scan", name),
+                                  lambda: changed(page, sig))
+                samples["sample_switch"].append(dt)
+            samples["sample_switch"] = samples["sample_switch"][1:]  # the first switch loads a new model input
+
+            views = ["Contours", "Overlay", "Difference", "Overlay", "Side by side", "Overlay"]
+            for v in views[:n + 1]:
+                sig = page.evaluate(SIGNATURE)
+                samples["view_switch"].append(timed_action(
+                    page, lambda: page.get_by_text(v, exact=True).first.click(), lambda: changed(page, sig)))
+
+            presets = ["lung", "bone", "brain", "soft tissue", "lung", "bone"]
+            for w in presets[:n + 1]:
+                sig = page.evaluate(SIGNATURE)
+                samples["window_preset"].append(timed_action(
+                    page, lambda: pick_option(page, "Display window", w), lambda: changed(page, sig)))
+
             for i in range(n):
-                before = re.search(r"close (\d+)px", cap.inner_text()).group(1)
+                app_ms = caption_value(page, r"crf (\d+(?:\.\d+)?) ms")
+                if app_ms:
+                    app_crf.append(float(app_ms))
+                track = page.locator("[data-testid='stSlider']", has_text="Closing kernel (px)").first
+                track.scroll_into_view_if_needed()
+                before = caption_value(page, r"close (\d+)px")
                 bb = track.bounding_box()
                 x = bb["x"] + bb["width"] * (0.35 if i % 2 == 0 else 0.15)
+                samples["refine_slider"].append(timed_action(
+                    page, lambda: page.mouse.click(x, bb["y"] + bb["height"] * 0.75),
+                    lambda: wait_caption(page, r"close (\d+)px", before)))
+
+            for i in range(n):
+                track = page.locator("[data-testid='stSlider']", has_text="CRF iterations").first
+                track.scroll_into_view_if_needed()
+                thumb = track.get_by_role("slider")
+                before = caption_value(page, r"CRF (\d+) it")
+                key = "ArrowRight" if i % 2 == 0 else "ArrowLeft"
+                thumb.focus()
+                samples["crf_iterations_plus1"].append(timed_action(
+                    page, lambda: page.keyboard.press(key), lambda: wait_caption(page, r"CRF (\d+) it", before)))
+                app_ms = caption_value(page, r"crf (\d+(?:\.\d+)?) ms")
+                if app_ms:
+                    app_crf.append(float(app_ms))
+
+            for i in range(n):
+                track = page.locator("[data-testid='stSlider']", has_text="Closing kernel (px)").first
+                thumb = track.get_by_role("slider")
+                thumb.focus()
+                start = int(caption_value(page, r"close (\d+)px"))
+                key = "ArrowRight" if start < 12 else "ArrowLeft"
+                target = start + 6 if key == "ArrowRight" else start - 6
+                page.wait_for_timeout(400)
                 t0 = time.perf_counter()
-                page.mouse.click(x, bb["y"] + bb["height"] * 0.75)
-                # the caption is written after the re-rendered figure and names the new kernel size
+                for _ in range(6):
+                    page.keyboard.press(key)
                 page.wait_for_function(
-                    "([b]) => { const m = [...document.querySelectorAll('[data-testid=\"stCaptionContainer\"]')]"
-                    ".map(e => e.innerText.match(/close (\\d+)px/)).find(Boolean); return m && m[1] !== b; }",
-                    arg=[before], timeout=60_000)
-                page.wait_for_function(idle, timeout=60_000)
-                sliders.append(time.perf_counter() - t0)
+                    "([t]) => { const m = (" + CAPTION + ")().match(/close (\\d+)px/); return m && +m[1] === t; }",
+                    arg=[target], timeout=120_000)
+                page.wait_for_timeout(30)
+                page.wait_for_function(IDLE, timeout=120_000)
+                samples["slider_6_keyboard_steps"].append(time.perf_counter() - t0)
+
+            page.get_by_text("Upload", exact=True).first.click()
+            page.wait_for_function(IDLE, timeout=60_000)
+            for i, png in enumerate(pngs):
+                page.locator("input[type=file]").first.set_input_files(str(png))
+                t0 = time.perf_counter()
+                page.wait_for_function("([n]) => (" + CAPTION + ")().includes(n)", arg=[png.name], timeout=120_000)
+                page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot image').length >= 2",
+                                       timeout=60_000)
+                page.wait_for_timeout(30)
+                page.wait_for_function(IDLE, timeout=120_000)
+                if i > 0:
+                    samples["upload_png_512"].append(time.perf_counter() - t0)
             b.close()
     finally:
         proc.terminate()
         proc.wait(timeout=20)
-    res = {"upload_png_512_to_overlays_s_median": round(statistics.median(uploads), 2),
-           "upload_samples_s": [round(x, 2) for x in uploads],
-           "slider_rerender_s_median": round(statistics.median(sliders), 2),
-           "slider_samples_s": [round(x, 2) for x in sliders],
-           "note": "warm server; timed from set_input_files until both overlays are in the DOM and the script "
-                   "is idle; slider: mouse click on the Closing-kernel track until the caption under the figure shows the new size and the script is idle",
-           "command": ".venv/bin/python bench/app_latency.py"}
-    print(res)
-    (ROOT / "bench" / "results" / "app.json").write_text(json.dumps(res, indent=1))
+    lib_ms, params = library_crf_ms()
+    for k, v in samples.items():
+        if v:
+            res[k + "_s_median"] = round(statistics.median(v), 2)
+            res[k + "_samples_s"] = [round(x, 2) for x in v]
+    res["crf_in_app_ms_median"] = round(statistics.median(app_crf), 1) if app_crf else None
+    res["crf_library_ms_median"] = round(lib_ms, 1)
+    res["crf_in_app_over_library"] = round(res["crf_in_app_ms_median"] / lib_ms, 2) if app_crf else None
+    res["crf_params"] = params
+    res["note"] = ("each figure from the action until the page's figures show the change (their image data or the "
+                   "caption under them) and the script is idle; warm server unless 'cold'")
+    res["command"] = ".venv/bin/python bench/app_latency.py" + (f" --app-dir {args.app_dir}"
+                                                               if app_dir != ROOT else "")
+    print(json.dumps(res, indent=1))
+    Path(args.out).write_text(json.dumps(res, indent=1))
 
 
 if __name__ == "__main__":

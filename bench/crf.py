@@ -72,23 +72,20 @@ def speed(repeats=15):
 
 
 def quality():
-    from segcore.data import list_pairs, load_mask
     from segcore.infer import predict_batch
-    from segcore.io import load_scan, window
+    from segcore.labels import load_gt_pairs
     from segcore.metrics import dice
     from segcore.models import load_model
+    from segcore.pipeline import model_view
     from segcore.refine import dense_crf
 
     model, config = load_model(ROOT / "sample_data" / "models" / "default")
-    imgs, masks = list_pairs(ROOT / "sample_data" / "phantom" / "test")
-    scans = [load_scan(p).slice() for p in imgs]
-    gts = [load_mask(p) for p in masks]
+    scans, gts, _ = load_gt_pairs(ROOT / "sample_data" / "phantom" / "test")
     probs = predict_batch(model, scans, config)
     k = config.num_classes
     raw, ours, peer = [], [], []
     for s, p, g in zip(scans, probs, gts):
-        # stored PNGs are HU + 1024: display with the soft-tissue window in stored units
-        disp = window(s, 40 + 1024, 400)
+        disp = model_view(s, config)  # what the pipeline's CRF sees
         raw.append(dice(p.argmax(-1), g, k))
         ours.append(dice(dense_crf(disp, p, **PARAMS).argmax(-1), g, k))
         peer.append(dice(pydensecrf_run(disp, p).argmax(-1), g, k))

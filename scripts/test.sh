@@ -1,13 +1,10 @@
 #!/usr/bin/env bash
-# One command: create/refresh .venv with the dev dependencies and run the whole test suite.
+# One command: create/refresh .venv (Python 3.11) with the dev dependencies and run the whole test suite.
+# Extra arguments go to pytest, e.g. ./scripts/test.sh -m "not e2e" or ./scripts/test.sh tests/test_io.py
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
-fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -r requirements-dev.txt
+source scripts/_venv.sh
+ensure_venv requirements-dev.txt
 export TF_CPP_MIN_LOG_LEVEL=2
 set +e
 .venv/bin/python -m pytest "$@"

@@ -16,7 +16,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["apply_strokes", "stroke_to_polyline", "color_to_class", "class_color"]
+__all__ = ["apply_strokes", "stroke_to_polyline", "color_to_class", "class_color", "changed_pixels", "apply_object",
+           "prompt_from_selection"]
 
 
 def class_color(label: int, palette: np.ndarray) -> str:
@@ -95,6 +96,9 @@ def stroke_to_polyline(obj: dict) -> tuple[np.ndarray, bool]:
         filled = closed or (obj.get("fill") not in (None, "", "transparent") and len(verts) > 2
                             and obj.get("strokeWidth", 0) == 0)
         return verts, closed or filled
+    if kind in ("polygon", "polyline"):  # fabric 7's polygon tool: points in the object's own frame
+        pts = np.array([[float(p["x"]), float(p["y"])] for p in obj.get("points", [])], float).reshape(-1, 2)
+        return _place(pts, obj), kind == "polygon"
     if kind == "rect":
         w = float(obj["width"]) * float(obj.get("scaleX", 1))
         h = float(obj["height"]) * float(obj.get("scaleY", 1))
@@ -182,9 +186,9 @@ def apply_strokes(mask: np.ndarray, objects: Iterable[dict], scale: float | Sequ
         verts, filled = stroke_to_polyline(obj)
         if len(verts) == 0:
             continue
-        color = obj.get("fill") if filled and str(obj.get("type", "")).lower() != "path" else obj.get("stroke")
-        if filled and str(obj.get("type", "")).lower() == "path":
-            color = obj.get("stroke") or obj.get("fill")
+        kind = str(obj.get("type", "")).lower()
+        color = obj.get("stroke") or obj.get("fill") if kind in ("path", "polygon") else \
+            (obj.get("fill") if filled else obj.get("stroke"))
         if eraser_color is not None and (color or "").lower() == eraser_color.lower():
             label = 0
         else:
@@ -195,6 +199,64 @@ def apply_strokes(mask: np.ndarray, objects: Iterable[dict], scale: float | Sequ
         if filled:
             _fill_polygon(out, v, label)
         else:
-            width = float(obj.get("strokeWidth", 1)) * (sx + sy) / 2
-            _paint_polyline(out, v, width / 2, label)
+            _paint_polyline(out, v, float(obj.get("strokeWidth", 1)) * (sx + sy) / 4, label)
     return out
+
+
+def changed_pixels(before: np.ndarray, after: np.ndarray) -> int:
+    """How many pixels an edit changed.
+
+    Examples
+    --------
+    >>> changed_pixels(np.zeros((2, 2)), np.eye(2))
+    2
+    """
+    return int((np.asarray(before) != np.asarray(after)).sum())
+
+
+def apply_object(mask: np.ndarray, obj: np.ndarray, label: int) -> np.ndarray:
+    """A copy of ``mask`` with the pixels of ``obj`` (bool ``H,W``) set to ``label`` (0 erases).
+
+    Examples
+    --------
+    >>> apply_object(np.zeros((2, 2), np.uint8), np.array([[True, False], [False, False]]), 2).tolist()
+    [[2, 0], [0, 0]]
+    """
+    out = np.array(mask, copy=True)
+    obj = np.asarray(obj, bool)
+    if obj.shape != out.shape:
+        raise ValueError(f"The object's shape {obj.shape} does not match the mask's {out.shape}.")
+    out[obj] = label
+    return out
+
+
+def prompt_from_selection(selection: dict | None, positive: bool, shape: tuple[int, int]):
+    """A click or box prompt from a plotly selection event (``st.plotly_chart(on_select=...)``).
+
+    Returns ``("click", (row, col, positive))``, ``("box", (row0, col0, row1, col1))`` or None. Figure x is the
+    image column, y the row (segcore.figures); coordinates are clipped to the image.
+
+    Examples
+    --------
+    >>> prompt_from_selection({"points": [{"x": 12, "y": 30}], "box": []}, True, (64, 64))
+    ('click', (30, 12, True))
+    >>> prompt_from_selection({"points": [], "box": [{"x": [40.6, 10.2], "y": [5.5, 20.9]}]}, True, (64, 64))
+    ('box', (5, 10, 21, 41))
+    """
+    if not selection:
+        return None
+    h, w = shape
+    boxes = selection.get("box") or []
+    if boxes:
+        xs, ys = boxes[0].get("x", []), boxes[0].get("y", [])
+        if len(xs) >= 2 and len(ys) >= 2:
+            r0, r1 = sorted((int(np.clip(np.floor(min(ys)), 0, h - 1)), int(np.clip(np.ceil(max(ys)), 0, h - 1))))
+            c0, c1 = sorted((int(np.clip(np.floor(min(xs)), 0, w - 1)), int(np.clip(np.ceil(max(xs)), 0, w - 1))))
+            if r1 > r0 and c1 > c0:
+                return "box", (r0, c0, r1, c1)
+    points = selection.get("points") or []
+    if points:
+        p = points[0]
+        r, c = int(np.clip(round(float(p["y"])), 0, h - 1)), int(np.clip(round(float(p["x"])), 0, w - 1))
+        return "click", (r, c, bool(positive))
+    return None

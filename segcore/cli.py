@@ -127,11 +127,10 @@ def _cmd_train(args) -> int:
                           "last": history[-1]}), flush=True)
         if not chief:  # the chief saves; the others' copies are the same weights
             return 0
-    from .data import load_mask
-    from .io import load_scan
+    from .labels import load_gt_pairs
 
-    te_i, te_m = list_pairs(data / "test")
-    ev = evaluate_model(model, config, [load_scan(p).slice() for p in te_i], [load_mask(p) for p in te_m])
+    te_images, te_masks, _ = load_gt_pairs(data / "test")
+    ev = evaluate_model(model, config, te_images, te_masks)
     config.metrics = {"test": ev, "train_seconds": round(elapsed, 1), "epochs_run": len(history),
                       "seconds_per_epoch": round(float(np.median([h["seconds"] for h in history])), 2)}
     model.compile()
@@ -140,22 +139,16 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _load_gt_pairs(folder: Path):
-    from .data import list_pairs, load_mask
-    from .io import load_scan
-
-    imgs, masks = list_pairs(folder)
-    return imgs, [load_scan(p) for p in imgs], [load_mask(p) for p in masks]
-
-
 def _cmd_evaluate(args) -> int:
     from .models import load_model
     from .train import evaluate_model
 
+    from .labels import load_gt_pairs
+
     model, config = load_model(args.model)
-    _, scans, masks = _load_gt_pairs(Path(args.data))
+    images, masks, scans = load_gt_pairs(Path(args.data))
     spacing = scans[0].slice_spacing() if scans and scans[0].spacing else None
-    ev = evaluate_model(model, config, [s.slice() for s in scans], masks, spacing)
+    ev = evaluate_model(model, config, images, masks, spacing)
     print(f"{'class':<14}{'dice':>8}{'iou':>8}{'hd95':>9}")
     for name, row in ev["per_class"].items():
         print(f"{name:<14}{row['dice']:8.4f}{row['iou']:8.4f}{row['hd95']:9.2f}")
@@ -186,6 +179,18 @@ def _cmd_predict(args) -> int:
     if args.json_report:
         Path(args.json_report).write_text(json.dumps(report.to_json(), indent=1))
     return 1 if report.total and report.failed == report.processed == report.total else 0
+
+
+def _cmd_train_interactive(args) -> int:
+    from .interactive.card import write_card
+    from .interactive.train import TrainSettings, train_interactive
+
+    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+                             max_sim_rounds=args.sim_rounds, init=args.init)
+    model = train_interactive(args.out, settings, shared_data=args.shared_data)
+    write_card(args.out, model.config)
+    print(json.dumps({k: v for k, v in model.config.training.items() if k != "history"}, indent=1))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,6 +280,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.set_defaults(func=lambda a: __import__("segcore.instances.train", fromlist=["x"]).train_maskrcnn(
         a.data, a.out, steps=a.steps, batch_size=a.batch_size, learning_rate=a.lr) and 0)
+
+    p = sub.add_parser("train-interactive", help="train the click/box segmentation network (seeded)")
+    p.add_argument("--out", default="sample_data/models/interactive")
+    p.add_argument("--shared-data", default="../shared/data", help="folder with stardist/ (training sub-volume)")
+    p.add_argument("--steps", type=int, default=3600)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sim-rounds", type=int, default=3, help="most simulator rounds per batch (uniform above 3)")
+    p.add_argument("--init", default=None, help="continue from this interactive model folder (fine-tuning stage)")
+    p.set_defaults(func=_cmd_train_interactive)
 
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -18,7 +18,8 @@ from .refine import label_components
 from .review import ReviewStore
 from .viz import nifti_bytes, overlay, png_bytes
 
-__all__ = ["rle_encode", "rle_decode", "coco_instances", "export_session", "slug", "csv_safe"]
+__all__ = ["rle_encode", "rle_decode", "coco_instances", "coco_from_detections", "instance_rows", "export_session",
+           "slug", "csv_safe"]
 
 
 def slug(text: str, max_len: int = 40) -> str:
@@ -98,6 +99,24 @@ def coco_instances(labels: np.ndarray, image_id: int, class_names: Sequence[str]
     return anns
 
 
+def coco_from_detections(det: dict, class_names: Sequence[str], file_name: str, shape: tuple[int, int]) -> dict:
+    """A COCO results file (one image) from detector output (boxes x,y,w,h, scores, classes, masks)."""
+    return {"images": [{"id": 1, "file_name": file_name, "height": int(shape[0]), "width": int(shape[1])}],
+            "categories": [{"id": i, "name": n} for i, n in enumerate(class_names) if i],
+            "annotations": [{"id": k + 1, "image_id": 1, "category_id": int(c), "score": float(s), "iscrowd": 0,
+                             "bbox": [float(v) for v in b], "area": int(m.sum()), "segmentation": rle_encode(m)}
+                            for k, (b, s, c, m) in enumerate(zip(det["boxes"], det["scores"], det["classes"],
+                                                                 det["masks"]))]}
+
+
+def instance_rows(det: dict, class_names: Sequence[str], spacing=None) -> list[dict]:
+    """One table row per detected instance (class, score, box, area in px and mm²)."""
+    return [{"instance": k + 1, "class": class_names[int(c)], "score": round(float(s), 3),
+             "box (x, y, w, h)": tuple(round(float(v), 1) for v in b), "area (px)": int(m.sum()),
+             "area (mm²)": round(int(m.sum()) * spacing[0] * spacing[1], 1) if spacing else None}
+            for k, (b, s, c, m) in enumerate(zip(det["boxes"], det["scores"], det["classes"], det["masks"]))]
+
+
 def _display(scan_bytes: bytes, name: str, slice_index):
     try:
         scan = load_scan(scan_bytes, name)
@@ -106,8 +125,12 @@ def _display(scan_bytes: bytes, name: str, slice_index):
     return scan, scan.default_display(scan.slice(0, slice_index))
 
 
-def export_session(store: ReviewStore, session_id: int, class_names: Sequence[str]) -> bytes:
-    """A zip with everything a session produced; returns its bytes."""
+def export_session(store: ReviewStore, session_id: int, class_names: Sequence[str], actor) -> bytes:
+    """A zip with everything a session produced that ``actor`` may see (reviewer: own verdicts; admin: all)."""
+    from .auth import require
+
+    require(actor, "export_session")
+    visible = store.visible_verdicts(session_id, actor)
     sess = store.session(session_id)
     cases = {c.id: c for c in store.cases(session_id, "upload")}
     buf = io.BytesIO()
@@ -117,7 +140,7 @@ def export_session(store: ReviewStore, session_id: int, class_names: Sequence[st
             "categories": [{"id": i, "name": n} for i, n in enumerate(class_names) if i > 0]}
     rows, report = [], []
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for v in store.verdicts(session_id):
+        for v in visible:
             case = cases[v["case_id"]]
             metrics = v["metrics"]
             rows.append({"verdict_id": v["id"], "case_id": case.id, "scan": case.scan_name,
@@ -157,7 +180,11 @@ def export_session(store: ReviewStore, session_id: int, class_names: Sequence[st
             w.writerows({k: csv_safe(x) for k, x in r.items()} for r in rows)
         z.writestr("verdicts.csv", out.getvalue())
         z.writestr("report.html", _html(sess, rows, report))
-        z.writestr("audit_log.json", json.dumps(store.audit_records(), default=str, indent=1))
+        records = store.audit_records()
+        who = require(actor, "export_session")
+        if not who.may("view_all_verdicts"):  # a reviewer's export carries their own audit records only
+            records = [r for r in records if r.get("who_id") == who.subject]
+        z.writestr("audit_log.json", json.dumps(records, default=str, indent=1))
     return buf.getvalue()
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from .models import ModelConfig
 
-__all__ = ["normalise", "preprocess", "predict_proba", "predict_batch", "entropy", "mc_dropout"]
+__all__ = ["normalise", "preprocess", "predict_proba", "predict_batch", "entropy", "mc_dropout", "mc_dropout_map"]
 
 
 def normalise(pixels: np.ndarray, config: ModelConfig) -> np.ndarray:
@@ -113,3 +113,9 @@ def mc_dropout(model: keras.Model, image: np.ndarray, config: ModelConfig, sampl
     unc = np.take_along_axis(std, cls[..., None], -1)[..., 0]
     shape = np.shape(image)[:2]
     return _resize_probs(mean, shape), cv2.resize(unc, (shape[1], shape[0]))
+
+
+def mc_dropout_map(model: keras.Model, image: np.ndarray, config: ModelConfig, samples: int = 8) -> np.ndarray:
+    """MC-dropout spread of the winning class (see :func:`mc_dropout`) scaled to [0, 1] by its maximum."""
+    unc = mc_dropout(model, image, config, samples=samples)[1]
+    return (unc / max(float(unc.max()), 1e-6)).astype(np.float32)

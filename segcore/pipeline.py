@@ -23,7 +23,8 @@ import numpy as np
 from .io import Scan
 from .refine import RefineConfig, Refiner
 
-__all__ = ["Prediction", "Segmentation", "predict", "refine_prediction", "segment", "model_view", "no_refinement"]
+__all__ = ["Prediction", "Segmentation", "predict", "refine_prediction", "segment", "segment_many", "model_view",
+           "no_refinement", "detect_instances"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,3 +168,21 @@ def segment_many(scans: Sequence[Scan], model, config, refine: RefineConfig | bo
                  **kwargs) -> list[Segmentation]:
     """:func:`segment` for each scan (middle slice of volumes)."""
     return [segment(s, model, config, refine, **kwargs) for s in scans]
+
+
+def detect_instances(maskrcnn, image: np.ndarray) -> dict:
+    """Instances on a 2-D slice in raw values: a percentile window (never the display window) scaled to [0, 1].
+
+    Returns the detector's dict: ``boxes`` (N,4 x,y,w,h), ``scores``, ``classes``, ``masks`` (N,H,W bool).
+    """
+    from .io import auto_window, window
+
+    x = window(image, *auto_window(image)).astype(np.float32) / 255.0
+    return maskrcnn.detect(x)
+
+
+def segment_all_slices(scan: Scan, model, config, refine: RefineConfig | bool | None = None) -> np.ndarray:
+    """Refined labels of every axial slice: ``D,H,W`` uint8 for volumes, ``H,W`` for 2-D scans."""
+    if not scan.is_volume:
+        return segment(scan, model, config, refine).refined
+    return np.stack([segment(scan, model, config, refine, slice_index=z).refined for z in range(scan.num_slices)])

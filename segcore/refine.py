@@ -471,7 +471,8 @@ class Refiner:
         self.config = config or RefineConfig()
 
     def run(self, image: np.ndarray, probs: np.ndarray, spacing: Sequence[float] | None = None) -> RefineResult:
-        """``image`` is 8-bit display (``H,W``/``H,W,3``), ``probs`` ``H,W,K``."""
+        """``image`` is the uint8 image the CRF compares (``H,W``/``H,W,3``; the pipeline passes the slice as the
+        model normalises it, :func:`segcore.pipeline.model_view`), ``probs`` ``H,W,K``."""
         cfg = self.config
         timings: dict[str, float] = {}
         p = probs

@@ -50,6 +50,7 @@ from sqlalchemy import (Column, DateTime, Float, ForeignKey, Integer, LargeBinar
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from .auth import Identity, PermissionDenied, require
 from .labels import decode_png, png_bytes
 
 __all__ = [
@@ -86,6 +87,7 @@ sessions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("model_version", Text, nullable=False),
     Column("refine_params", Text, nullable=False, default="{}"),
+    Column("created_by_id", Text, nullable=True),
 )
 cases = Table(
     "review_cases", metadata,
@@ -127,6 +129,8 @@ verdicts = Table(
     Column("metrics", Text, nullable=False, default="{}"),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("region", Text, nullable=True, default=""),
+    Column("reviewer_id", Text, nullable=True),  # the token's subject (local:<name> in local mode)
+    Column("authenticated", Integer, nullable=True, default=0),
 )
 audit = Table(
     "audit_log", metadata,
@@ -136,6 +140,15 @@ audit = Table(
     Column("hash", String(64), nullable=False),
     Column("scheme", Integer, nullable=False, default=2),  # 1: SHA-256 chain (schema < 3), 2: HMAC-SHA256
 )
+user_roles = Table(  # role grants and revocations made in the app, newest last (never updated)
+    "user_roles", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("subject", Text, nullable=False, index=True),
+    Column("role", String(30), nullable=False),
+    Column("granted", Integer, nullable=False),  # 1 grant, 0 revoke
+    Column("by_id", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
 audit_head = Table(
     "audit_head", metadata,
     Column("id", Integer, primary_key=True),
@@ -144,12 +157,14 @@ audit_head = Table(
     Column("mac", String(64), nullable=False),
 )
 
-# free-text columns: TEXT since schema v4 (PostgreSQL enforces VARCHAR lengths that SQLite ignores)
-FREE_TEXT = {"review_sessions": ("name", "created_by", "model_version"), "review_cases": ("scan_name",),
-             "mask_versions": ("author", "model_version"), "verdicts": ("reviewer",)}
+# free-text columns: TEXT since schema v5 (PostgreSQL enforces VARCHAR lengths that SQLite ignores)
+FREE_TEXT = {"review_sessions": ("name", "created_by", "model_version", "created_by_id"),
+             "review_cases": ("scan_name",), "mask_versions": ("author", "model_version"),
+             "verdicts": ("reviewer", "reviewer_id"), "user_roles": ("subject", "by_id")}
 
 # the rows the audit vouches for, with their table objects
-AUDITED = {"review_sessions": sessions, "review_cases": cases, "mask_versions": mask_versions, "verdicts": verdicts}
+AUDITED = {"review_sessions": sessions, "review_cases": cases, "mask_versions": mask_versions, "verdicts": verdicts,
+           "user_roles": user_roles}
 GENESIS = "0" * 64
 WRITER_LOCK_KEY = 0x5E6C0AE  # PostgreSQL advisory lock id shared by every segcore writer
 
@@ -190,14 +205,29 @@ def _m3(conn) -> None:
 
 
 def _m4(conn) -> None:
-    # v4: names are free text on every database (a 300-character scan name failed on PostgreSQL only)
+    # v4: identities from sign-in (subject ids, authenticated flag) and roles granted in the app
+    if "reviewer_id" not in _columns(conn, "verdicts"):
+        conn.execute(text("ALTER TABLE verdicts ADD COLUMN reviewer_id VARCHAR(300)"))
+    if "authenticated" not in _columns(conn, "verdicts"):
+        conn.execute(text("ALTER TABLE verdicts ADD COLUMN authenticated INTEGER DEFAULT 0"))
+    if "created_by_id" not in _columns(conn, "review_sessions"):
+        conn.execute(text("ALTER TABLE review_sessions ADD COLUMN created_by_id VARCHAR(300)"))
+    metadata.create_all(conn, tables=[user_roles])
+    # rows written before v4 carry self-declared names: their ids are the local form of those names
+    conn.execute(text("UPDATE verdicts SET reviewer_id = 'local:' || reviewer WHERE reviewer_id IS NULL"))
+    conn.execute(text("UPDATE review_sessions SET created_by_id = 'local:' || created_by WHERE created_by_id IS NULL"))
+
+
+def _m5(conn) -> None:
+    # v5: names and subject ids are free text on every database (PostgreSQL enforced the VARCHAR limits that
+    # SQLite ignores: a 300-character scan name or a long local reviewer name failed on PostgreSQL only)
     if conn.dialect.name == "postgresql":
         for table, cols in FREE_TEXT.items():
             for col in cols:
                 conn.execute(text(f"ALTER TABLE {table} ALTER COLUMN {col} TYPE TEXT"))
 
 
-MIGRATIONS = [_m1, _m2, _m3, _m4]
+MIGRATIONS = [_m1, _m2, _m3, _m4, _m5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -374,6 +404,8 @@ class ReviewStore:
                 conn.execute(insert(schema_info).values(version=i))
                 if i == 3:
                     self._anchor_existing(conn)
+                elif i == 4:
+                    self._reanchor(conn, ["verdicts", "review_sessions"], "schema v4: subject ids added")
         with self.engine.connect() as conn:
             has_head = conn.execute(select(audit_head.c.id).where(audit_head.c.id == 1)).first() is not None
         if not has_head:
@@ -398,13 +430,27 @@ class ReviewStore:
     def _anchor_existing(self, conn) -> None:
         rows = []
         for name, table in AUDITED.items():
-            for r in conn.execute(select(table).order_by(table.c.id)).mappings():
+            if not inspect(conn).has_table(name):
+                continue
+            present = _columns(conn, name)  # columns later migrations add are vouched for when they are added
+            cols = [c for c in table.c if c.name in present]
+            for r in conn.execute(select(*cols).order_by(table.c.id)).mappings():
                 rows.append([name, int(r["id"]), row_digest(name, r)])
         n = conn.execute(select(audit.c.id)).all()
         if not rows and not n:
             return
         self._append_audit(conn, "audit_anchored", rows, who="migration",
                            note="schema v3: rows existing before the keyed audit")
+
+    def _reanchor(self, conn, tables: list[str], note: str) -> None:
+        """After a migration rewrote rows, vouch for their new content (one keyed record)."""
+        rows = []
+        for name in tables:
+            table = AUDITED[name]
+            for r in conn.execute(select(table).order_by(table.c.id)).mappings():
+                rows.append([name, int(r["id"]), row_digest(name, r)])
+        if rows:
+            self._append_audit(conn, "audit_reanchored", rows, who="migration", note=note, supersedes=True)
 
     # ------------------------------------------------------------ audit
     def _digest_rows(self, conn, table: Table, ids: Iterable[int]) -> list[list]:
@@ -455,11 +501,12 @@ class ReviewStore:
                                     "or recomputed without the audit key)")
                 prev = r["hash"]
                 try:
-                    entries = json.loads(body).get("rows", [])
+                    parsed = json.loads(body)
                 except json.JSONDecodeError:
-                    entries = []
+                    parsed = {}
+                entries, supersedes = parsed.get("rows", []), bool(parsed.get("supersedes"))
                 for table, row_id, digest in entries:
-                    if (table, row_id) in recorded:
+                    if (table, row_id) in recorded and not supersedes:
                         problems.append(f"{table} row {row_id} is recorded twice (audit records "
                                         f"{recorded[(table, row_id)][1]} and {rid})")
                     recorded[(table, int(row_id))] = (digest, rid)
@@ -505,16 +552,19 @@ class ReviewStore:
             return len(conn.execute(select(audit.c.id)).all())
 
     # ------------------------------------------------------------ sessions and cases
-    def create_session(self, name: str, created_by: str, model_version: str, refine_params: dict | None = None) -> int:
-        name, created_by = (name or "").strip(), (created_by or "").strip()
-        if not name or not created_by:
+    def create_session(self, name: str, created_by: Identity | str, model_version: str,
+                       refine_params: dict | None = None) -> int:
+        """Start a review session (needs the reviewer role)."""
+        name = (name or "").strip()
+        if not name or not (created_by if isinstance(created_by, Identity) else (created_by or "").strip()):
             raise ValueError(f"A session needs a name and who starts it. Got name={name!r}, created_by={created_by!r}.")
+        who = require(created_by, "create_session")
         with self._write() as conn:
             sid = conn.execute(insert(sessions).values(
-                name=name, created_by=created_by, created_at=_now(), model_version=model_version,
-                refine_params=_canonical(refine_params or {}))).inserted_primary_key[0]
+                name=name, created_by=who.name, created_by_id=who.subject, created_at=_now(),
+                model_version=model_version, refine_params=_canonical(refine_params or {}))).inserted_primary_key[0]
             self._append_audit(conn, "session_created", self._digest_rows(conn, sessions, [sid]), session_id=sid,
-                               who=created_by, model_version=model_version)
+                               model_version=model_version, **who.audit_fields())
         return int(sid)
 
     def sessions(self) -> list[dict]:
@@ -529,12 +579,14 @@ class ReviewStore:
         return dict(r)
 
     def add_case(self, session_id: int, scan_bytes: bytes, scan_name: str, raw: np.ndarray, refined: np.ndarray, *,
-                 slice_index: int | None = None, uncertainty: float = 0.0, spacing=None, who: str = "system") -> int:
-        """Add a case with the model's raw and refined masks (two immutable mask versions).
+                 slice_index: int | None = None, uncertainty: float = 0.0, spacing=None,
+                 who: Identity | str = "system") -> int:
+        """Add a case with the model's raw and refined masks (two immutable mask versions; reviewer role).
 
         Positions are unique per session: they are assigned inside the serialised write
         transaction and guarded by a unique index (a conflict is retried).
         """
+        actor = require(who, "add_case")
         s = self.session(session_id)
         if np.shape(raw) != np.shape(refined) or np.ndim(raw) != 2:
             raise ValueError(f"raw and refined must be 2-D masks of one shape. Got {np.shape(raw)} and {np.shape(refined)}.")
@@ -552,13 +604,14 @@ class ReviewStore:
                     mvs = []
                     for kind, m in (("raw", raw), ("refined", refined)):
                         mvs.append(conn.execute(insert(mask_versions).values(
-                            case_id=cid, kind=kind, author=who, model_version=s["model_version"],
+                            case_id=cid, kind=kind, author=actor.name, model_version=s["model_version"],
                             refine_params=s["refine_params"] if kind == "refined" else "{}", mask_png=pngs[kind],
                             mask_sha256=_sha(np.asarray(m).astype(np.uint8).tobytes()),
                             created_at=_now())).inserted_primary_key[0])
                     rows = self._digest_rows(conn, cases, [cid]) + self._digest_rows(conn, mask_versions, mvs)
                     self._append_audit(conn, "case_added", rows, session_id=session_id, case_id=cid,
-                                       scan_sha256=_sha(scan_bytes), model_version=s["model_version"], who=who)
+                                       scan_sha256=_sha(scan_bytes), model_version=s["model_version"],
+                                       **actor.audit_fields())
                 return int(cid)
             except IntegrityError:
                 if attempt == 4:
@@ -608,9 +661,9 @@ class ReviewStore:
             return [dict(r) for r in rows]
 
     # ------------------------------------------------------------ verdicts
-    def check_verdict(self, verdict: str, reason_code: str, reviewer: str = "x") -> None:
+    def check_verdict(self, verdict: str, reason_code: str, reviewer: Identity | str = "x") -> None:
         """Raise ValueError if the verdict form is not acceptable (usable before submitting)."""
-        if not (reviewer or "").strip():
+        if not isinstance(reviewer, Identity) and not (reviewer or "").strip():
             raise ValueError("A verdict needs the reviewer's name (got an empty name).")
         if verdict not in VERDICTS:
             raise ValueError(f"verdict must be one of {list(VERDICTS)}. Got {verdict!r}.")
@@ -619,7 +672,7 @@ class ReviewStore:
         if verdict == "reject" and reason_code == "none":
             raise ValueError("A rejection needs a reason code other than 'none'.")
 
-    def record_verdict(self, case_id: int, reviewer: str, verdict: str, *, mask: np.ndarray | None = None,
+    def record_verdict(self, case_id: int, reviewer: Identity | str, verdict: str, *, mask: np.ndarray | None = None,
                        reason_code: str = "none", comment: str = "", point: tuple[float, float] | None = None,
                        seconds_spent: float = 0.0, spacing=None, region: str = "") -> int:
         """Store a verdict (and, for edits, the corrected mask as a new mask version) in one transaction.
@@ -631,8 +684,8 @@ class ReviewStore:
         """
         from .metrics import dice, hd95, iou
 
-        reviewer = (reviewer or "").strip()
-        self.check_verdict(verdict, reason_code, reviewer)
+        self.check_verdict(verdict, reason_code, reviewer.name if isinstance(reviewer, Identity) else reviewer)
+        who = require(reviewer, "record_verdict")
         model_mask = self.mask(case_id, "refined")
         accepted = model_mask if mask is None else np.asarray(mask).astype(np.uint8)
         if accepted.shape != model_mask.shape:
@@ -662,18 +715,19 @@ class ReviewStore:
             rows = []
             if edited:
                 mv = conn.execute(insert(mask_versions).values(
-                    case_id=case_id, kind="correction", author=reviewer, model_version=model_version,
+                    case_id=case_id, kind="correction", author=who.name, model_version=model_version,
                     refine_params="{}", mask_png=png, mask_sha256=_sha(accepted.tobytes()),
                     created_at=_now())).inserted_primary_key[0]
                 rows += self._digest_rows(conn, mask_versions, [mv])
             vid = conn.execute(insert(verdicts).values(
-                case_id=case_id, reviewer=reviewer, verdict=verdict, reason_code=reason_code, comment=comment or "",
+                case_id=case_id, reviewer=who.name, reviewer_id=who.subject, authenticated=int(who.authenticated),
+                verdict=verdict, reason_code=reason_code, comment=comment or "",
                 point_x=None if point is None else float(point[0]), point_y=None if point is None else float(point[1]),
                 mask_version_id=mv, seconds_spent=float(seconds_spent), metrics=json.dumps(metrics),
                 created_at=_now(), region=region or "")).inserted_primary_key[0]
             rows += self._digest_rows(conn, verdicts, [vid])
             self._append_audit(conn, "verdict", rows, session_id=case.session_id, case_id=case_id, verdict_id=vid,
-                               who=reviewer, verdict=verdict, reason_code=reason_code,
+                               **who.audit_fields(), verdict=verdict, reason_code=reason_code,
                                mask_sha256=_sha(accepted.tobytes()), model_version=model_version)
         return int(vid)
 
@@ -699,18 +753,70 @@ class ReviewStore:
         return decode_png(data)
 
     def latest_verdicts(self, session_id: int) -> dict[tuple[int, str], dict]:
-        """The latest verdict per (case, reviewer)."""
+        """The latest verdict per (case, reviewer id)."""
         out: dict[tuple[int, str], dict] = {}
         for v in self.verdicts(session_id):
-            out[(v["case_id"], v["reviewer"])] = v
+            out[(v["case_id"], v["reviewer_id"])] = v
         return out
 
-    def agreement(self, case_id: int) -> list[dict]:
-        """Pairwise agreement between reviewers' latest accepted masks for a case."""
+    def visible_verdicts(self, session_id: int, viewer: Identity | str) -> list[dict]:
+        """The verdicts ``viewer`` may see: their own (reviewer role), everyone's for an admin."""
+        who = require(viewer, "view_verdicts")
+        vs = self.verdicts(session_id)
+        return vs if who.may("view_all_verdicts") else [v for v in vs if v["reviewer_id"] == who.subject]
+
+    def reviewers_of(self, session_id: int) -> set[str]:
+        """Subject ids of the session's creator and of everyone who recorded a verdict in it."""
+        ids = {v["reviewer_id"] for v in self.verdicts(session_id)}
+        ids.add(self.session(session_id).get("created_by_id") or "")
+        return {i for i in ids if i}
+
+    # ------------------------------------------------------------ roles
+    def roles_of(self, subject: str) -> set[str]:
+        """Roles granted to ``subject`` in the app (grants minus later revocations)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(user_roles).where(user_roles.c.subject == subject)
+                                .order_by(user_roles.c.id)).mappings().all()
+        held: set[str] = set()
+        for r in rows:
+            (held.add if r["granted"] else held.discard)(r["role"])
+        return held
+
+    def role_grants(self) -> list[dict]:
+        """Every grant/revocation, oldest first."""
+        with self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(select(user_roles).order_by(user_roles.c.id)).mappings()]
+
+    def set_role(self, subject: str, role: str, granted: bool, actor: Identity | str) -> None:
+        """Grant or revoke ``role`` for ``subject`` (admin role; audited)."""
+        from .auth import role_rank
+
+        role_rank(role)
+        subject = (subject or "").strip()
+        if not subject:
+            raise ValueError("A role needs the user's subject id (the 'sub' of their sign-in).")
+        who = require(actor, "manage_roles")
+        with self._write() as conn:
+            rid = conn.execute(insert(user_roles).values(subject=subject, role=role, granted=int(granted),
+                                                         by_id=who.subject, created_at=_now())).inserted_primary_key[0]
+            self._append_audit(conn, "role_granted" if granted else "role_revoked",
+                               self._digest_rows(conn, user_roles, [rid]), subject=subject, role=role,
+                               **who.audit_fields())
+
+    def agreement(self, case_id: int, viewer: Identity | str) -> list[dict]:
+        """Pairwise agreement between reviewers' latest accepted masks for a case.
+
+        Shows everyone's masks, so only reviewers of that session (and admins) may see it.
+        """
         from .metrics import dice, hd95
 
+        who = require(viewer, "view_agreement")
+        session_id = self.case(case_id).session_id
+        if not who.may("view_all_verdicts") and who.subject not in self.reviewers_of(session_id):
+            raise PermissionDenied(f"{who.name} is not a reviewer of session {session_id}: its agreement views "
+                                   "show other reviewers' masks.", "view_agreement", "reviewer")
         latest: dict[str, dict] = {}
-        for v in self.verdicts():
+        for v in self.verdicts(session_id):
             if v["case_id"] == case_id and v["verdict"] != "reject":
                 latest[v["reviewer"]] = v
         names = sorted(latest)
@@ -731,13 +837,13 @@ class ReviewStore:
         """``(verdict, accepted mask)`` for the latest non-rejected verdict per case and reviewer."""
         latest: dict[tuple[int, str], dict] = {}
         for v in self.verdicts(session_id):
-            latest[(v["case_id"], v["reviewer"])] = v
+            latest[(v["case_id"], v["reviewer_id"])] = v
         for v in latest.values():
             if v["verdict"] != "reject":
                 yield v, self.accepted_mask(v["id"])
 
 
-def submit_verdict(store: ReviewStore, workspace, case_id: int, reviewer: str, verdict: str, *,
+def submit_verdict(store: ReviewStore, workspace, case_id: int, reviewer: Identity | str, verdict: str, *,
                    model_version: str, mask: np.ndarray | None = None, class_names: tuple[str, ...] | None = None,
                    **verdict_fields: Any) -> tuple[int, Any]:
     """Record a verdict and, unless it is a rejection, save the accepted mask as a correction for fine-tuning.
@@ -748,6 +854,7 @@ def submit_verdict(store: ReviewStore, workspace, case_id: int, reviewer: str, v
     renamed into place. Returns ``(verdict id, Correction or None)``.
     """
     store.check_verdict(verdict, verdict_fields.get("reason_code", "none"), reviewer)
+    require(reviewer, "record_verdict")
     case = store.case(case_id)
     staged = None
     if verdict != "reject":
@@ -763,3 +870,19 @@ def submit_verdict(store: ReviewStore, workspace, case_id: int, reviewer: str, v
             workspace.discard_staged(staged)
         raise
     return vid, (workspace.commit_correction(staged) if staged is not None else None)
+
+
+def queue_scan(store: ReviewStore, session_id: int, data: bytes, name: str, model, config, refine=None, *,
+               who: Identity | str = "system") -> int:
+    """Segment a scan through :mod:`segcore.pipeline` (middle slice of a volume) and add it as a case.
+
+    The case keeps the model's raw and refined masks and the mean predictive entropy (the queue's
+    uncertainty). Raises :class:`segcore.io.ScanError` for files that cannot be read.
+    """
+    from .io import load_scan
+    from .pipeline import segment
+
+    scan = load_scan(data, name)
+    seg = segment(scan, model, config, refine)
+    return store.add_case(session_id, data, name, seg.raw, seg.refined, slice_index=seg.slice_index,
+                          uncertainty=seg.mean_entropy, spacing=seg.spacing, who=who)

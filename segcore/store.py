@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from .auth import Identity, require
+
 __all__ = ["Workspace", "Correction", "atomic_write", "default_data_dir", "PROMOTION_TOLERANCE", "PromotionGate",
            "clean_stale_temporaries", "SCAN_EXTENSIONS"]
 
@@ -185,7 +187,7 @@ class Workspace:
         return FileLock(str(self.models_dir / ".registry.lock"), timeout=600)
 
     # ------------------------------------------------------------ corrections
-    def save_correction(self, scan_bytes: bytes, scan_name: str, mask: np.ndarray, *, author: str,
+    def save_correction(self, scan_bytes: bytes, scan_name: str, mask: np.ndarray, *, author: Identity | str,
                         model_version: str, source: str, slice_index: int | None = None,
                         note: str = "", class_names: tuple[str, ...] | None = None) -> Correction:
         """Persist a corrected mask with its scan; returns the saved record.
@@ -197,7 +199,7 @@ class Workspace:
                                        source=source, slice_index=slice_index, note=note, class_names=class_names)
         return self.commit_correction(staged)
 
-    def stage_correction(self, scan_bytes: bytes, scan_name: str, mask: np.ndarray, *, author: str,
+    def stage_correction(self, scan_bytes: bytes, scan_name: str, mask: np.ndarray, *, author: Identity | str,
                          model_version: str, source: str, slice_index: int | None = None, note: str = "",
                          class_names: tuple[str, ...] | None = None) -> Path:
         """Validate and write a correction into a hidden temporary folder; :meth:`commit_correction` publishes it.
@@ -207,9 +209,9 @@ class Workspace:
         """
         from .labels import png_bytes
 
-        author = (author or "").strip()
-        if not author:
+        if not isinstance(author, Identity) and not (author or "").strip():
             raise ValueError("A correction needs the name of who made it (author is empty).")
+        who = require(author, "save_correction")
         if source not in ("raw", "refined", "blank", "previous", "review"):
             raise ValueError(f"source must be 'raw', 'refined', 'blank', 'previous' or 'review'. Got '{source}'.")
         mask = np.asarray(mask)
@@ -224,7 +226,8 @@ class Workspace:
         try:
             (tmp / f"scan{_scan_extension(scan_name)}").write_bytes(scan_bytes)
             (tmp / "mask.png").write_bytes(png_bytes(mask.astype(np.uint8)))
-            meta = {"id": cid, "scan_name": scan_name, "author": author, "model_version": model_version,
+            meta = {"id": cid, "scan_name": scan_name, "author": who.name, "author_id": who.subject,
+                    "authenticated": who.authenticated, "model_version": model_version,
                     "source": source, "created_at": _now(), "slice_index": slice_index,
                     "shape": list(mask.shape), "note": note,
                     "class_names": list(class_names) if class_names else None,
@@ -284,7 +287,9 @@ class Workspace:
         image = scan.slice(0, c.slice_index)
         return image, load_mask(c.mask_path)
 
-    def delete_correction(self, cid: str) -> None:
+    def delete_correction(self, cid: str, actor: Identity | str | None = None) -> None:
+        """Delete a saved correction (admin role)."""
+        require(actor, "delete_correction")
         d = self.corrections_dir / cid
         if not re.fullmatch(r"[0-9T]+-[0-9a-f]+", cid or "") or not (d / "meta.json").is_file():
             raise ValueError(f"No saved correction with id '{cid}'.")
@@ -320,14 +325,15 @@ class Workspace:
         return Path(reg["versions"][version]["path"])
 
     def add_version(self, model, config, *, metrics: dict, trained_on: list[str], parent: str | None,
-                    note: str = "", created_by: str = "") -> str:
-        """Save a candidate model as a new (inactive) version; returns its name.
+                    note: str = "", actor: Identity | str | None = None) -> str:
+        """Save a candidate model as a new (inactive) version; returns its name (admin role: fine-tuning).
 
         The version number is chosen and the folder written under the registry lock, so
         concurrent callers (processes or threads) always get distinct versions.
         """
         from .models import save_model
 
+        who = require(actor, "start_finetune")
         with self._lock():
             reg = self._registry()
             taken = {int(v[1:]) for v in reg["versions"] if v[1:].isdigit()}
@@ -341,7 +347,7 @@ class Workspace:
             path = save_model(model, config, self.models_dir / version)
             reg["versions"][version] = {"path": str(path.resolve()), "created_at": config.created_at,
                                         "parent": parent, "metrics": metrics, "trained_on": list(trained_on),
-                                        "note": note, "created_by": created_by}
+                                        "note": note, "created_by": who.name, "created_by_id": who.subject}
             self._write_registry(reg)
         return version
 
@@ -365,15 +371,18 @@ class Workspace:
         except ValueError as exc:
             raise ValueError(f"Model version '{version}' cannot be activated: {exc}") from exc
 
-    def activate(self, version: str, *, who: str = "") -> None:
-        """Make ``version`` active (promotion or rollback) after validating that it loads and matches its config."""
+    def activate(self, version: str, *, actor: Identity | str | None = None) -> None:
+        """Make ``version`` active (promotion or rollback; admin role) after validating that it loads and matches
+        its config."""
+        who = require(actor, "activate")
         if version not in self.versions():
             raise ValueError(f"Unknown model version '{version}'. Known versions: {sorted(self.versions())}.")
         self.validate_version(version)
         with self._lock():
             reg = self._registry()
             reg["active"] = version
-            reg.setdefault("history", []).append({"active": version, "at": _now(), "by": who})
+            reg.setdefault("history", []).append({"active": version, "at": _now(), "by": who.name,
+                                                  "by_id": who.subject, "authenticated": who.authenticated})
             self._write_registry(reg)
 
     def gate(self, version: str, tolerance: float = PROMOTION_TOLERANCE) -> PromotionGate:
@@ -405,10 +414,12 @@ class Workspace:
         return PromotionGate(version, cand, base, base_version, tolerance, True,
                              f"{version}: held-out mean Dice {cand:.4f} vs {base:.4f} for {base_version}.")
 
-    def promote(self, version: str, *, tolerance: float = PROMOTION_TOLERANCE, who: str = "") -> PromotionGate:
-        """Activate ``version`` if its own stored evaluation passes :meth:`gate`; raises ValueError otherwise."""
+    def promote(self, version: str, *, tolerance: float = PROMOTION_TOLERANCE,
+                actor: Identity | str | None = None) -> PromotionGate:
+        """Activate ``version`` (admin role) if its own stored evaluation passes :meth:`gate`; ValueError otherwise."""
+        require(actor, "promote")
         decision = self.gate(version, tolerance)
         if not decision.passed:
             raise ValueError(decision.reason)
-        self.activate(version, who=who)
+        self.activate(version, actor=actor)
         return decision

@@ -47,3 +47,12 @@ def postgres_server():
 def postgres_url(postgres_server) -> str:
     """A fresh, empty PostgreSQL database (SQLAlchemy URL with the psycopg 3 driver)."""
     return postgres_server.new_database()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium for the e2e tests (tests/e2e_support.py)."""
+    from e2e_support import chromium
+
+    with chromium() as b:
+        yield b

@@ -71,3 +71,26 @@ def test_fabric7_centred_path_placement_and_moved_objects():
     r = apply_strokes(np.zeros((30, 40), np.uint8), [rect], 1.0, PALETTE)
     rr, cc = np.nonzero(r == 2)
     assert (rr.min(), rr.max(), cc.min(), cc.max()) == (8, 11, 15, 24)
+
+
+def test_fabric7_polygon_tool_object_is_filled():
+    """streamlit-drawable-canvas's polygon tool (fabric 7) sends a 'Polygon' with points; it used to be ignored."""
+    obj = {"type": "Polygon", "originX": "center", "originY": "center", "left": 130, "top": 125, "width": 160,
+           "height": 150, "fill": class_color(2, PALETTE), "stroke": class_color(2, PALETTE), "strokeWidth": 1,
+           "scaleX": 1, "scaleY": 1, "points": [{"x": 50, "y": 50}, {"x": 200, "y": 60}, {"x": 210, "y": 200},
+                                                {"x": 60, "y": 190}]}
+    out = apply_strokes(np.zeros((300, 300), np.uint8), [obj], 1.0, PALETTE)
+    assert out[125, 130] == 2 and out[48, 48] == 0 and out[180, 100] == 2 and out[250, 250] == 0
+    import cv2  # independent point-in-polygon test at pixel centres
+
+    poly = np.array([[50, 50], [200, 60], [210, 200], [60, 190]], np.float32).reshape(-1, 1, 2)
+    inside, on_edge = np.zeros((300, 300), bool), np.zeros((300, 300), bool)
+    for r in range(40, 215):
+        for c in range(40, 215):
+            d = cv2.pointPolygonTest(poly, (c + 0.5, r + 0.5), True)
+            inside[r, c], on_edge[r, c] = d > 0, abs(d) < 1e-3  # centres exactly on an edge may go either way
+    np.testing.assert_array_equal((out == 2)[~on_edge], inside[~on_edge])
+    assert on_edge.sum() <= 40
+    moved = {**obj, "left": 140, "top": 135}  # dragged by (+10, +10)
+    out2 = apply_strokes(np.zeros((300, 300), np.uint8), [moved], 1.0, PALETTE)
+    np.testing.assert_array_equal(out2[10:, 10:] == 2, out[:-10, :-10] == 2)

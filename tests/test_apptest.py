@@ -49,8 +49,40 @@ def test_switch_views_and_refinement_controls():
     at.checkbox(key="sc_crf_on").uncheck().run()
     at.checkbox(key="sc_open_on").check().run()
     at.slider(key="sc_open_k").set_value(7).run()
-    assert "open 7px" in at.caption[-1].value or any("open 7px" in c.value for c in at.caption)
+    assert any("open 7px" in c.value and "CRF off" in c.value for c in at.caption)
     assert not at.exception
+
+
+def test_measurements_do_not_depend_on_the_display_window():
+    """The refined areas of the same scan are identical whatever window is chosen (the CRF sees the model's
+    normalisation, not the display)."""
+    at = _app()
+    areas = {}
+    for choice in ("file default", "lung", "bone", "manual", "auto"):
+        key = next(s.key for s in at.selectbox if s.key and s.key.startswith("sc_window_"))
+        at.selectbox(key=key).set_value(choice).run()
+        assert not at.exception, at.exception
+        table = at.dataframe[0].value
+        areas[choice] = list(table["refined area (px)"]) + list(table["raw area (px)"])
+    assert len({tuple(v) for v in areas.values()}) == 1, areas
+
+
+def test_ct_presets_only_for_hounsfield_units():
+    at = _app()
+    key = next(s.key for s in at.selectbox if s.key and s.key.startswith("sc_window_"))
+    assert "lung" in at.selectbox(key=key).options  # the CT DICOM
+    at.selectbox(key="sc_sample").set_value("phantom_ct_256_hu+1024.png").run()
+    key = next(s.key for s in at.selectbox if s.key and s.key.startswith("sc_window_"))
+    assert "lung" not in at.selectbox(key=key).options and at.selectbox(key=key).value == "auto"
+    assert any("not known to be HU" in c.value for c in at.caption)
+
+
+def test_model_card_warns_outside_its_domain():
+    at = _app()
+    assert not [w for w in at.warning if "synthetic phantoms only" in w.value]  # a phantom sample
+    at.selectbox(key="sc_sample").set_value("brain1_mr.nii.gz").run()
+    assert not at.exception, at.exception
+    assert any("synthetic phantoms only" in w.value for w in at.warning)
 
 
 def test_bad_upload_shows_clear_error_not_traceback():
@@ -62,12 +94,17 @@ def test_bad_upload_shows_clear_error_not_traceback():
 
 def test_correct_and_finetune_pages_after_segment():
     at = _app()
-    at.switch_page("pages/correct.py").run()
+    at.switch_page("app_pages/correct.py").run()
     assert not at.exception, at.exception
     assert at.title[0].value == "Correct"
+    assert any("Editing:** phantom_ct_512.dcm" in m.value for m in at.markdown)
     assert at.button(key="sc_save").disabled  # no reviewer name yet
     assert any("Enter your name" in w.value for w in at.warning)
-    at.switch_page("pages/finetune.py").run()
+    at.session_state["sc_reviewer"] = "Dr T"
+    at.run()
+    assert at.button(key="sc_save").disabled  # nothing changed yet
+    assert any("Nothing to save yet" in c.value for c in at.caption)
+    at.switch_page("app_pages/finetune.py").run()
     assert not at.exception, at.exception
     assert any("No saved corrections" in i.value for i in at.info)
     assert at.button(key="sc_ft_go").disabled
@@ -75,7 +112,7 @@ def test_correct_and_finetune_pages_after_segment():
 
 def test_review_page_needs_a_name_and_valid_session_input():
     at = _app()
-    at.switch_page("pages/review.py").run()
+    at.switch_page("app_pages/review.py").run()
     assert not at.exception, at.exception
     assert any("Enter your name" in w.value for w in at.warning)
     at.session_state["sc_reviewer"] = "Dr T"

@@ -129,7 +129,7 @@ def test_two_reviewers_agreement(db):
     other[:, :32] = 0
     st.record_verdict(cid, "Dr A", "accept")
     st.record_verdict(cid, "Dr B", "accept", mask=other)
-    rows = st.agreement(cid)
+    rows = st.agreement(cid, "Dr A")
     assert len(rows) == 1 and rows[0]["reviewer_a"] == "Dr A" and rows[0]["reviewer_b"] == "Dr B"
     from segcore.metrics import dice
 
@@ -249,11 +249,12 @@ def test_migration_from_v2_keeps_data_renumbers_positions_and_anchors_the_audit(
     con.executescript((root / "tests" / "data" / "review_v2.sql").read_text())
     con.close()
     st = ReviewStore(data_dir=tmp_path)
-    assert st.schema_version() == SCHEMA_VERSION == 4
+    assert st.schema_version() == SCHEMA_VERSION == 5
     assert [c.position for c in st.cases(1, "upload")] == [0, 1]
     assert st.session(1)["created_by"] == "Dr Old" and len(st.verdicts(1)) == 1
-    assert st.audit_records()[-1]["event"] == "audit_anchored"
-    assert st.verify_audit() == 5
+    assert st.verdicts(1)[0]["reviewer_id"] == "local:Dr Old"  # self-declared before sign-in existed
+    assert [r["event"] for r in st.audit_records()[-2:]] == ["audit_anchored", "audit_reanchored"]
+    assert st.verify_audit() == 6
     new_case = st.add_case(1, b"z", "z.png", np.zeros((16, 16), np.uint8), np.zeros((16, 16), np.uint8))
     assert st.case(new_case).position == 2
     db = Db("sqlite", f"sqlite:///{tmp_path / 'review.db'}", tmp_path)
@@ -269,14 +270,15 @@ def _start_together(procs) -> None:
         p.stdin.flush()
 
 
-def test_v3_database_with_length_limited_names_migrates_to_free_text(db):
-    """Schema v3 declared VARCHAR(300) scan names: PostgreSQL enforced it, SQLite did not. v4 makes them TEXT."""
+def test_v4_database_with_length_limited_names_migrates_to_free_text(db):
+    """Schema v4 declared VARCHAR(300) scan names: PostgreSQL enforced it, SQLite did not. v5 makes them TEXT."""
     st = db.open()
     sid = st.create_session("s", "Dr A", "v1")
-    if db.kind == "postgresql":  # put the database back to what the v3 code created
+    if db.kind == "postgresql":  # put the database back to what the v4 code created
         db.tamper("ALTER TABLE review_cases ALTER COLUMN scan_name TYPE VARCHAR(300)",
-                  "ALTER TABLE verdicts ALTER COLUMN reviewer TYPE VARCHAR(200)")
-    db.tamper("UPDATE schema_info SET version = 3")
+                  "ALTER TABLE verdicts ALTER COLUMN reviewer TYPE VARCHAR(200)",
+                  "ALTER TABLE verdicts ALTER COLUMN reviewer_id TYPE VARCHAR(300)")
+    db.tamper("UPDATE schema_info SET version = 4")
     st = db.open()
     assert st.schema_version() == SCHEMA_VERSION
     raw, ref = _masks()
@@ -460,7 +462,7 @@ def test_export_session_contents(db, root):
                            raw[:256, :256], raw[:256, :256])
     st.record_verdict(cid, "Dr A", "accept")
     st.record_verdict(png_case, "Dr A", "reject", reason_code="artefact", comment="streaks")
-    z = zipfile.ZipFile(io.BytesIO(export_session(st, sid, ("background", "organ", "lesion"))))
+    z = zipfile.ZipFile(io.BytesIO(export_session(st, sid, ("background", "organ", "lesion"), "Dr A")))
     names = set(z.namelist())
     assert {"coco_instances.json", "verdicts.csv", "report.html", "audit_log.json"} <= names
     pngs = [n for n in names if n.startswith("masks/") and n.endswith(".png")]
@@ -494,7 +496,7 @@ def test_export_names_are_slugs_and_csv_cells_cannot_be_formulas(db):
     evil = "/../../../tmp/x"
     st.record_verdict(cid, evil, "accept", comment="=HYPERLINK(\"http://evil\",\"click\")")
     st.record_verdict(cid, "@SUM(1+1)", "reject", reason_code="other", comment="-2+3\tx")
-    z = zipfile.ZipFile(io.BytesIO(export_session(st, sid, ("background", "organ", "lesion"))))
+    z = zipfile.ZipFile(io.BytesIO(export_session(st, sid, ("background", "organ", "lesion"), "Dr A")))
     for n in z.namelist():
         assert ".." not in n and not n.startswith("/") and "\\" not in n, n
         parts = n.split("/")

@@ -37,7 +37,7 @@ def test_correction_bad_input(tmp_path):
     with pytest.raises(ValueError, match="non-empty 2-D"):
         ws.save_correction(b"x", "a.png", np.zeros((4, 4, 3)), author="a", model_version="v1", source="raw")
     with pytest.raises(ValueError, match=r"No saved correction with id 'nope'"):
-        ws.delete_correction("nope")
+        ws.delete_correction("nope", actor="admin")
     assert ws.list_corrections() == []
 
 
@@ -99,22 +99,22 @@ def test_model_versions_promote_and_rollback(tmp_path, root):
     default = root / "sample_data" / "models" / "default"
     ws = Workspace(tmp_path, default_model_dir=default)
     assert ws.active_version() == "v1" and ws.model_dir() == default.resolve()
-    v2 = ws.add_version(_tiny(), ModelConfig(), metrics=_metrics(0.8, 0.9), trained_on=["c1"], parent="v1")
-    v3 = ws.add_version(_tiny(), ModelConfig(), metrics=_metrics(0.897, 0.9), trained_on=["c1"], parent="v1")
+    v2 = ws.add_version(_tiny(), ModelConfig(), metrics=_metrics(0.8, 0.9), trained_on=["c1"], parent="v1", actor="Dr A")
+    v3 = ws.add_version(_tiny(), ModelConfig(), metrics=_metrics(0.897, 0.9), trained_on=["c1"], parent="v1", actor="Dr A")
     assert (v2, v3) == ("v2", "v3") and ws.active_version() == "v1"
     with pytest.raises(ValueError, match="Refusing to promote v2: held-out mean Dice 0.8000"):
-        ws.promote("v2")  # the gate reads the metrics stored with the version
+        ws.promote("v2", actor="Dr A")  # the gate reads the metrics stored with the version
     assert ws.active_version() == "v1"
     assert ws.gate("v3").passed
-    ws.promote("v3")  # within the 0.005 tolerance
+    ws.promote("v3", actor="Dr A")  # within the 0.005 tolerance
     assert ws.active_version() == "v3"
     # v2 was evaluated against v1, which is no longer active: it must be evaluated again
     with pytest.raises(ValueError, match="evaluated against v1, but v3 is active now"):
-        ws.promote("v2")
-    ws.activate("v1")  # rollback
+        ws.promote("v2", actor="Dr A")
+    ws.activate("v1", actor="Dr A")  # rollback
     assert Workspace(tmp_path, default_model_dir=default).active_version() == "v1"
     with pytest.raises(ValueError, match="Unknown model version 'v9'"):
-        ws.activate("v9")
+        ws.activate("v9", actor="Dr A")
 
 
 def test_activate_validates_the_model_first(tmp_path, root):
@@ -122,23 +122,25 @@ def test_activate_validates_the_model_first(tmp_path, root):
 
     ws = Workspace(tmp_path, default_model_dir=root / "sample_data" / "models" / "default")
     # a 3-channel / 5-class network whose config says 1 channel / 3 classes
-    v = ws.add_version(_tiny(), ModelConfig(), metrics=_metrics(0.9, 0.9), trained_on=[], parent="v1")
+    v = ws.add_version(_tiny(), ModelConfig(), metrics=_metrics(0.9, 0.9), trained_on=[], parent="v1",
+                       actor="Dr A")
     save_model(_tiny(3, 5), ModelConfig(), ws.model_dir(v))
     with pytest.raises(ValueError, match="takes 3 input channel.*predicts 5 class.*says 1 channel.*3 class"):
-        ws.activate(v)
+        ws.activate(v, actor="Dr A")
     assert ws.active_version() == "v1"
     # a truncated and a garbage model file
     for damage in (lambda b: b[: len(b) // 2], lambda b: b"not a zip at all"):
-        v = ws.add_version(_tiny(), ModelConfig(), metrics=_metrics(0.9, 0.9), trained_on=[], parent="v1")
+        v = ws.add_version(_tiny(), ModelConfig(), metrics=_metrics(0.9, 0.9), trained_on=[], parent="v1",
+                       actor="Dr A")
         f = ws.model_dir(v) / "model.keras"
         f.write_bytes(damage(f.read_bytes()))
         with pytest.raises(ValueError, match="corrupt or truncated model file"):
-            ws.promote(v)
+            ws.promote(v, actor="Dr A")
         assert ws.active_version() == "v1"
     # a version whose folder is gone
     shutil.rmtree(ws.model_dir(v))
     with pytest.raises(ValueError, match="has no folder"):
-        ws.activate(v)
+        ws.activate(v, actor="Dr A")
 
 
 def test_load_model_reports_corrupt_file(tmp_path):
@@ -160,7 +162,8 @@ m = build_unet((None, None, 1), 3, base_filters=4, depth=2)
 print("ready", flush=True)
 sys.stdin.readline()  # start together
 for i in range(3):
-    print(ws.add_version(m, ModelConfig(), metrics={}, trained_on=[sys.argv[3]], parent="v1"), flush=True)
+    print(ws.add_version(m, ModelConfig(), metrics={}, trained_on=[sys.argv[3]], parent="v1", actor=sys.argv[3]),
+          flush=True)
 """
 
 
@@ -199,7 +202,8 @@ def test_concurrent_add_version_threads_get_distinct_versions(tmp_path):
     def work(tag):
         try:
             for _ in range(2):
-                got.append(Workspace(tmp_path).add_version(m, ModelConfig(), metrics={}, trained_on=[tag], parent=None))
+                got.append(Workspace(tmp_path).add_version(m, ModelConfig(), metrics={}, trained_on=[tag], parent=None,
+                                                           actor=tag))
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 

@@ -1,0 +1,142 @@
+"""Segment & compare: pick or upload a scan, see the raw and refined masks side by side."""
+
+import json
+
+import streamlit as st
+
+from segcore.cards import domain_warnings
+from segcore.display import display_image
+from segcore.export import coco_from_detections, instance_rows
+from segcore.figures import image_panels
+from segcore.infer import entropy
+from segcore.measure import class_table
+from segcore.refine import component_table
+from segcore.viz import VIEWS, instance_labels, nifti_bytes, overlay, png_bytes, view_panels
+from ui import catalogue, resources, state, widgets
+
+st.title("Segment & compare")
+ws = resources.workspace()
+versions = list(ws.versions())
+if not versions:
+    st.error("No model found. Expected the shipped model in sample_data/models/default.")
+    st.stop()
+
+# ---------------------------------------------------------------- which scan, which model
+left, right = st.columns([2, 1])
+with left:
+    source = st.radio("Scan", ["Sample", "Upload"], horizontal=True, key="sc_source")
+    if source == "Sample":
+        samples = catalogue.sample_files()
+        label = st.selectbox("Sample scan", list(samples), key="sc_sample")
+        data, name, phantom = samples[label].read_bytes(), samples[label].name, catalogue.is_phantom_sample(label)
+    else:
+        ups = st.file_uploader("Upload scans (PNG, JPEG, BMP, TIFF, DICOM, NIfTI, NRRD)", accept_multiple_files=True,
+                               key="sc_uploads")
+        if not ups:
+            st.info("Upload one or more scans, or switch to a sample.")
+            st.stop()
+        # a new upload selects itself; earlier ones stay one click away
+        pick = st.selectbox("Uploaded scan", [u.name for u in ups], index=len(ups) - 1,
+                            key=f"sc_upload_pick_{len(ups)}")
+        up = next(u for u in ups if u.name == pick)
+        data, name, phantom = up.getvalue(), up.name, False
+with right:
+    active = ws.active_version()
+    version = st.selectbox("Model version", versions, index=versions.index(active), key="sc_version",
+                           format_func=lambda v: f"{v} (active)" if v == active else v,
+                           help="The active version is used unless you pick another.")
+
+key = catalogue.remember(data)
+scan, error = catalogue.open_scan(key, name)
+if scan is None:
+    st.error(f"Could not open **{name}**: {error}")
+    st.stop()
+previous = state.current()
+if previous is None or (previous.key, previous.name, previous.model_version) != (key, name, version):
+    state.set_current(state.CurrentScan(key=key, name=name, model_version=version,
+                                        slice_index=scan.num_slices // 2 if scan.is_volume else None,
+                                        is_phantom_sample=phantom))
+card = resources.model_card(version)
+widgets.model_card(card, domain_warnings(card, scan, is_phantom_sample=phantom))
+
+
+# ---------------------------------------------------------------- the viewer: reruns alone when its controls change
+@st.fragment
+def viewer():
+    cur = state.current()
+    _, _, mconfig = resources.model_for(cur.model_version)
+    names = mconfig.class_names
+    fig_col, ctl_col = st.columns([3, 1])
+    with ctl_col:
+        slice_index = None
+        if scan.is_volume:
+            slice_index = st.slider("Slice", 0, scan.num_slices - 1, cur.slice_index, key=f"sc_slice_{key[:12]}")
+        image = scan.slice(0, slice_index)
+        views = list(VIEWS) + (["Instances"] if resources.maskrcnn() else [])
+        view = st.radio("View", views, horizontal=True, key="sc_view",
+                        help="Instances: the compact Mask R-CNN's objects, each in its own colour")
+        alpha = st.slider("Opacity", 0.0, 1.0, 0.45, 0.05, key="sc_alpha")
+        choice, win = widgets.window_picker(scan, image, key)
+        unc_kind = st.selectbox("Uncertainty layer", ["off", "entropy", "MC dropout"], key="sc_unc",
+                                help="Entropy of the softmax (0..1), or the spread of the winning class's "
+                                     "probability over 8 dropout samples (scaled to its maximum)")
+        with st.expander("Refinement", expanded=True):
+            refine = widgets.refine_controls()
+    cur = state.update_current(slice_index=slice_index, refine=refine, window=choice)
+    seg = resources.segmentation(key, scan, cur.model_version, slice_index, refine)
+    display = display_image(image, win)
+    heat, heat_title = None, ""
+    if unc_kind == "entropy":
+        heat, heat_title = entropy(seg.probs), "entropy"
+    elif unc_kind == "MC dropout":
+        try:
+            heat, heat_title = resources.mc_dropout(key, cur.model_version, slice_index, image), "MC-dropout spread"
+        except ValueError as exc:
+            st.warning(str(exc))
+    det = resources.detections(key, slice_index, image) if view == "Instances" else None
+    panels = view_panels(view, display, seg.raw, seg.refined, alpha, det)
+    labels = instance_labels(det, display.shape, 560 / display.shape[0]) if det is not None else ()
+    with fig_col:
+        st.plotly_chart(image_panels(panels, pixel_values=image, raw=seg.raw, refined=seg.refined,
+                                     prob=seg.max_probability, class_names=names, heat=heat, heat_title=heat_title,
+                                     labels=labels),
+                        width="stretch", key="sc_fig", config={"displaylogo": False})
+        steps = "  ".join(f"{s} {v:.0f} ms" for s, v in seg.timings.items())
+        widgets.show_legend(names)
+        st.caption(f"{name}  ·  window {win[0]:.0f}/{win[1]:.0f}  ·  model {cur.model_version}  ·  "
+                   f"{widgets.refine_summary(refine)}  ·  step times: {steps}")
+    if det is not None:
+        icard = resources.instance_card()
+        widgets.model_card(icard, domain_warnings(icard, scan, is_phantom_sample=cur.is_phantom_sample))
+        rows = instance_rows(det, resources.maskrcnn().config.class_names, seg.spacing)
+        counts = {n: sum(r["class"] == n for r in rows) for n in resources.maskrcnn().config.class_names[1:]}
+        st.markdown("**Instances per class:** " + ", ".join(f"{n}: {v}" for n, v in counts.items()))
+        st.dataframe(rows, hide_index=True, width="stretch")
+        coco = coco_from_detections(det, resources.maskrcnn().config.class_names, name, display.shape)
+        st.download_button("Instances (COCO JSON)", json.dumps(coco), f"{name.split('.')[0]}_instances.json",
+                           "application/json", key="sc_dl_coco")
+
+    st.subheader("Per class")
+    st.dataframe(class_table(seg.raw, seg.refined, names, seg.spacing), hide_index=True, width="stretch")
+    comps = component_table(seg.refined, names, seg.spacing)
+    with st.expander(f"Connected components ({len(comps)})"):
+        st.dataframe(comps, hide_index=True, width="stretch")
+
+    stem = name.split(".")[0]
+    dcols = st.columns(3)
+    dcols[0].download_button("Refined mask (PNG label map)", png_bytes(seg.refined), f"{stem}_mask.png", "image/png",
+                             key="sc_dl_png")
+    dcols[1].download_button("Overlay image (PNG)", png_bytes(overlay(display, seg.refined, alpha)),
+                             f"{stem}_overlay.png", "image/png", key="sc_dl_overlay")
+    if scan.affine is not None:
+        if dcols[2].button("Segment all slices for NIfTI", key="sc_nifti_go"):
+            labels_vol = resources.all_slices(key, scan, cur.model_version, refine)
+            st.session_state["sc_nifti"] = (key, nifti_bytes(labels_vol, scan))
+        nif = st.session_state.get("sc_nifti")
+        if nif and nif[0] == key:
+            dcols[2].download_button("Refined mask (NIfTI)", nif[1], f"{stem}_mask.nii.gz", "application/gzip",
+                                     key="sc_dl_nifti")
+
+
+viewer()
+st.page_link("app_pages/correct.py", label="Correct this mask →", icon=":material/edit:")

@@ -1,0 +1,27 @@
+"""Start the app with its heavy imports (TensorFlow, Keras, OpenCV, plotly) done before the server listens.
+
+``streamlit run`` would import them on the first page view, so the first person to open the app waits for
+TensorFlow; here the server reports healthy only once they are loaded. Arguments go to ``streamlit run``.
+
+    .venv/bin/python scripts/serve.py --server.port 8501
+"""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import plotly.graph_objects  # noqa: E402,F401
+import plotly.subplots  # noqa: E402,F401
+
+import segcore.figures  # noqa: E402,F401
+import segcore.infer  # noqa: E402,F401  - TensorFlow and Keras
+import segcore.models  # noqa: E402,F401
+import segcore.pipeline  # noqa: E402,F401
+
+if __name__ == "__main__":
+    from streamlit.web.cli import main
+
+    sys.argv = ["streamlit", "run", str(ROOT / "app.py"), *sys.argv[1:]]
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Train the click network with the iterative click simulator (``python -m segcore train-interactive``).
+
+Each training sample is one object from a pool (synthetic scenes of
+:mod:`segcore.interactive.synth`, phantoms from :func:`segcore.phantom.make_phantom`
+and :func:`segcore.instances.data.make_instance_phantom` with seeds disjoint from the
+committed sets, and the stardist training sub-volume of
+:func:`segcore.interactive.data.stardist_split`), framed as ``segment()`` frames it:
+
+* a click prompt (75 %): the first click at the object's interior-most point or at a
+  random interior point; the window is the one-click window, the window after
+  expansion, or the window around the object as later clicks see it (jittered);
+* a box prompt (25 %): the object's box with jittered sides; the window around it.
+
+Then, per batch, 0-3 rounds of the simulator run the current network (no gradient)
+and add the next click from its error (positive for a miss, negative for a false
+region), feeding the prediction back as the previous mask, as RITM trains. The loss
+is binary cross-entropy plus soft Dice on the final round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .encode import click_maps, encode
+from .geometry import Window, crop, mask_bbox, window_for_prompt
+from .model import ClickModel, InteractiveConfig, build_click_unet
+from .simulate import next_click
+
+__all__ = ["TrainSettings", "build_pool", "train_interactive"]
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    steps: int = 3000
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    seed: int = 0
+    synth_scenes: int = 700
+    phantoms: int = 120
+    instance_phantoms: int = 80
+    box_fraction: float = 0.25
+    max_sim_rounds: int = 3
+    init: str | None = None  # continue from this model folder's weights (a second, fine-tuning stage)
+    source_weights: dict = dataclasses.field(
+        default_factory=lambda: {"synth": 0.45, "phantom": 0.2, "instances": 0.1, "stardist": 0.25})
+
+
+def _objects_from_ids(image, ids, source, min_area=12):
+    out = []
+    for i in np.unique(ids):
+        if i == 0:
+            continue
+        m = ids == i
+        if m.sum() >= min_area:
+            out.append((image, m, source))
+    return out
+
+
+def build_pool(settings: TrainSettings, shared_data: str | Path | None) -> dict[str, list]:
+    """Training objects per source: ``{source: [(image, mask), ...]}`` (deterministic for the settings)."""
+    from ..instances.data import make_instance_phantom
+    from ..phantom import make_phantom
+    from .synth import make_scene
+
+    pool: dict[str, list] = {"synth": [], "phantom": [], "instances": [], "stardist": []}
+    for i in range(settings.synth_scenes):
+        img, ids = make_scene(5_000_000 + settings.seed * 100_000 + i)
+        pool["synth"] += [(o[0], o[1]) for o in _objects_from_ids(img, ids, "synth")]
+    for i in range(settings.phantoms):  # committed sample set uses seeds 202_600_000 + i (i < 170)
+        img, lab = make_phantom(7_000_000 + settings.seed * 100_000 + i)
+        img = img + 1024.0  # stored like the PNGs (HU + 1024)
+        n, cc = cv2.connectedComponents((lab == 2).astype(np.uint8))
+        ids = np.where(lab == 1, n + 1, cc)  # lesion components and the organ as objects
+        pool["phantom"] += [(o[0], o[1]) for o in _objects_from_ids(img, ids, "phantom")]
+    for i in range(settings.instance_phantoms):  # committed instance set uses seeds around 4242
+        img, ids = make_instance_phantom(8_000_000 + settings.seed * 100_000 + i)
+        pool["instances"] += [(o[0], o[1]) for o in _objects_from_ids(img, ids, "instances")]
+    if shared_data is not None and (Path(shared_data) / "stardist" / "img3d.tif").is_file():
+        from .data import stardist_split
+
+        planes, _ = stardist_split(Path(shared_data) / "stardist")
+        for img, ids in planes:
+            pool["stardist"] += [(o[0], o[1]) for o in _objects_from_ids(img, ids, "stardist", min_area=15)]
+    return {k: v for k, v in pool.items() if v}
+
+
+def _augment(image, mask, rng):
+    k = int(rng.integers(4))
+    image, mask = np.rot90(image, k), np.rot90(mask, k)
+    if rng.random() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    image = np.ascontiguousarray(image, np.float32)
+    if rng.random() < 0.2:
+        image = -image  # polarity: objects may be brighter or darker than their surroundings
+    if rng.random() < 0.2:
+        image = image + rng.standard_normal(image.shape).astype(np.float32) * float(np.std(image)) * rng.uniform(
+            0.02, 0.15)
+    return image, np.ascontiguousarray(mask)
+
+
+def _first_click(mask, rng):
+    d = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    if rng.random() < 0.5:
+        r, c = np.unravel_index(int(np.argmax(d)), d.shape)
+    else:
+        rr, cc = np.nonzero(d >= 0.3 * d.max())
+        k = int(rng.integers(len(rr)))
+        r, c = rr[k], cc[k]
+    return float(r), float(c)
+
+
+def _jitter(window: Window, rng, amount: float) -> Window:
+    side = window.side * float(np.exp(rng.uniform(-amount, amount)))
+    return Window(window.center_r + rng.uniform(-amount, amount) * window.side / 2,
+                  window.center_c + rng.uniform(-amount, amount) * window.side / 2, side, window.size)
+
+
+def make_sample(image, mask, rng, cfg: InteractiveConfig, box_fraction: float):
+    """One training prompt: ``(encoding N,N,6, gt N,N bool, net-space clicks, net-space box or None)``."""
+    image, mask = _augment(image, mask, rng)
+    shape = image.shape
+    kw = dict(size=cfg.net_size, min_side=cfg.min_side, margin=cfg.margin)
+    if rng.random() < box_fraction:
+        r0, c0, r1, c1 = mask_bbox(mask)
+        ext = max(r1 - r0, c1 - c0) + 1
+        j = lambda: rng.uniform(-0.08, 0.15) * ext + rng.uniform(-1, 2)  # noqa: E731 - loose, rarely tight
+        box = (max(0.0, r0 - j()), max(0.0, c0 - j()), min(shape[0] - 1.0, r1 + j()), min(shape[1] - 1.0, c1 + j()))
+        box = (min(box[0], r0), min(box[1], c0), max(box[2], r1), max(box[3], c1)) if rng.random() < 0.7 else box
+        window = window_for_prompt(shape, [], box=box, **kw)
+        clicks = []
+    else:
+        box = None
+        r, c = _first_click(mask, rng)
+        clicks = [(r, c, True)]
+        u = rng.random()
+        window = window_for_prompt(shape, [(r, c)], **kw)
+        if u < 0.5:  # as later clicks (or an expanded first click) see it: framed around the object
+            window = _jitter(window_for_prompt(shape, [(r, c)], previous=mask, **kw), rng, 0.25)
+        elif u < 0.6:
+            window = _jitter(window, rng, 0.3)
+    x = encode(image, window, clicks, box=box, click_radius=cfg.click_radius, percentiles=cfg.percentiles)
+    gt = crop(mask.astype(np.float32), window) >= 0.5
+    ii, jj = window.to_net([c[0] for c in clicks], [c[1] for c in clicks])
+    net_clicks = [(float(a), float(b), True) for a, b in zip(ii, jj)]
+    net_box = None
+    if box is not None:
+        net_box = x[..., 5] > 0
+    return x, gt, net_clicks, net_box
+
+
+def _postprocess(pred, clicks, box_mask):
+    if box_mask is not None:
+        pred = pred & box_mask
+    pos = [(int(round(i)), int(round(j))) for i, j, p in clicks if p]
+    n = pred.shape[0]
+    pos = [(i, j) for i, j in pos if 0 <= i < n and 0 <= j < n]
+    if pos and pred.any():
+        _, lab = cv2.connectedComponents(pred.astype(np.uint8), connectivity=8)
+        keep = {int(lab[i, j]) for i, j in pos} - {0}
+        if keep:
+            pred = np.isin(lab, sorted(keep))
+    return pred
+
+
+def simulate_rounds(model: ClickModel, x, gts, clicks, boxes, rounds: int):
+    """Run ``rounds`` simulator rounds in place on a batch (prediction fed back, one click added per round)."""
+    cfg = model.config
+    for _ in range(rounds):
+        probs = model.predict(x)
+        for b in range(len(x)):
+            pred = _postprocess(probs[b] >= cfg.threshold, clicks[b], boxes[b])
+            click = next_click(gts[b], pred)
+            if click is None:
+                continue
+            clicks[b].append((float(click[0]), float(click[1]), click[2]))
+            x[b, ..., 2:4] = click_maps(clicks[b], cfg.net_size, cfg.click_radius)
+            x[b, ..., 4] = pred
+    return x
+
+
+def _loss_fn():
+    import tensorflow as tf
+
+    def loss(y, p):
+        p = tf.clip_by_value(p, 1e-6, 1 - 1e-6)
+        bce = -tf.reduce_mean(y * tf.math.log(p) + (1 - y) * tf.math.log(1 - p))
+        inter = tf.reduce_sum(y * p, axis=[1, 2, 3])
+        dice = 1 - (2 * inter + 1) / (tf.reduce_sum(y, axis=[1, 2, 3]) + tf.reduce_sum(p, axis=[1, 2, 3]) + 1)
+        return bce + tf.reduce_mean(dice)
+
+    return loss
+
+
+def train_interactive(out_dir: str | Path, settings: TrainSettings | None = None, *,
+                      shared_data: str | Path | None = None, config: InteractiveConfig | None = None,
+                      log=print) -> ClickModel:
+    """Build the pool, train with the click simulator, save the model (and its card) to ``out_dir``."""
+    import keras
+    import tensorflow as tf
+
+    settings = settings or TrainSettings()
+    cfg = config or InteractiveConfig()
+    keras.utils.set_random_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    t0 = time.perf_counter()
+    pool = build_pool(settings, shared_data)
+    sources = sorted(pool)
+    w = np.array([settings.source_weights.get(s, 0.0) for s in sources])
+    w = w / w.sum()
+    log(json.dumps({"pool": {s: len(pool[s]) for s in sources}, "seconds": round(time.perf_counter() - t0, 1)}))
+
+    net = build_click_unet(cfg.net_size, cfg.channels, cfg.filters)
+    if settings.init:
+        parent = ClickModel.load(settings.init)
+        net.set_weights(parent.keras_model.get_weights())
+        cfg = dataclasses.replace(parent.config, training={}, metrics={})
+        log(json.dumps({"initialised_from": str(settings.init), "parent_training": parent.config.training.get(
+            "settings")}))
+    model = ClickModel(net, cfg)
+    schedule = keras.optimizers.schedules.CosineDecay(settings.learning_rate, settings.steps, alpha=0.05)
+    opt = keras.optimizers.Adam(schedule)
+    loss_fn = _loss_fn()
+
+    @tf.function(reduce_retracing=True)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            p = net(x, training=True)
+            loss = loss_fn(y, p)
+        grads = tape.gradient(loss, net.trainable_variables)
+        opt.apply_gradients(zip(grads, net.trainable_variables))
+        return loss
+
+    history = []
+    t_train = time.perf_counter()
+    running = []
+    for it in range(1, settings.steps + 1):
+        xs, gts, clicks, boxes = [], [], [], []
+        for _ in range(settings.batch_size):
+            src = sources[int(rng.choice(len(sources), p=w))]
+            image, mask = pool[src][int(rng.integers(len(pool[src])))]
+            x, gt, cl, bx = make_sample(image, mask, rng, cfg, settings.box_fraction)
+            xs.append(x), gts.append(gt), clicks.append(cl), boxes.append(bx)
+        x = np.stack(xs)
+        rounds = int(rng.choice(settings.max_sim_rounds + 1, p=[0.3, 0.3, 0.2, 0.2]
+                                if settings.max_sim_rounds == 3 else None))
+        warm = settings.init is not None or it > settings.steps // 10
+        if rounds and warm:  # let the network learn the first click before feeding it back
+            x = simulate_rounds(model, x, gts, clicks, boxes, rounds)
+        y = np.stack(gts)[..., None].astype(np.float32)
+        running.append(float(step(tf.constant(x), tf.constant(y))))
+        if it % 100 == 0 or it == 1:
+            rec = {"step": it, "loss": round(float(np.mean(running)), 4),
+                   "seconds": round(time.perf_counter() - t_train, 1)}
+            running = []
+            history.append(rec)
+            log(json.dumps(rec))
+    parent_training = ClickModel.load(settings.init).config.training if settings.init else None
+    cfg.training = {"settings": dataclasses.asdict(settings), "pool": {s: len(pool[s]) for s in sources},
+                    "seconds": round(time.perf_counter() - t0, 1), "history": history}
+    if parent_training:
+        cfg.training["parent"] = parent_training
+    model = ClickModel(net, cfg)
+    model.save(out_dir)
+    return model

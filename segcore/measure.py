@@ -1,0 +1,124 @@
+"""Measurements the app shows: per-class tables, review summaries, disagreement maps.
+
+All inputs are label maps (``H,W`` integer class ids, 0 = background) and plain records; outputs are lists of
+dicts ready for a table. Areas are in pixels and, when spacing is known, in mm². Inputs are never mutated.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .metrics import dice, iou
+from .refine import component_table
+
+__all__ = ["class_table", "disagreement_map", "review_rows", "VERDICT_LABELS", "REASON_LABELS", "label",
+           "correction_label", "duplicate_groups", "candidate_table", "version_rows"]
+
+VERDICT_LABELS = {"accept": "Accepted", "accept_with_edits": "Accepted with edits", "reject": "Rejected"}
+REASON_LABELS = {"none": "—", "boundary_inaccurate": "Boundary inaccurate", "missed_lesion": "Missed lesion",
+                 "false_positive": "False positive", "wrong_class": "Wrong class", "image_quality": "Image quality",
+                 "artefact": "Artefact", "other": "Other"}
+
+
+def label(code: str) -> str:
+    """Human-readable text for a verdict or reason code.
+
+    Examples
+    --------
+    >>> label("accept_with_edits"), label("missed_lesion"), label("something_new")
+    ('Accepted with edits', 'Missed lesion', 'Something new')
+    """
+    return VERDICT_LABELS.get(code) or REASON_LABELS.get(code) or code.replace("_", " ").capitalize()
+
+
+def class_table(raw: np.ndarray, refined: np.ndarray, class_names: Sequence[str],
+                spacing: Sequence[float] | None = None) -> list[dict]:
+    """One row per foreground class: areas raw/refined (px, mm²), refined components, Dice/IoU raw vs refined.
+
+    Examples
+    --------
+    >>> raw = np.array([[0, 1], [1, 1]]); ref = np.array([[0, 1], [0, 1]])
+    >>> row = class_table(raw, ref, ("bg", "organ"), spacing=(0.5, 0.5))[0]
+    >>> row["raw area (px)"], row["refined area (px)"], row["refined area (mm²)"], row["Dice raw↔refined"]
+    (3, 2, 0.5, 0.8)
+    """
+    k = len(class_names)
+    d, j = dice(raw, refined, k), iou(raw, refined, k)
+    px_area = float(spacing[0]) * float(spacing[1]) if spacing else None
+    comps = component_table(np.asarray(refined).astype(np.uint8), class_names, spacing)
+    rows = []
+    for c in range(1, k):
+        a_raw, a_ref = int((np.asarray(raw) == c).sum()), int((np.asarray(refined) == c).sum())
+        rows.append({
+            "class": class_names[c],
+            "raw area (px)": a_raw,
+            "refined area (px)": a_ref,
+            "refined area (mm²)": round(a_ref * px_area, 1) if px_area else None,
+            "components (refined)": sum(r["class"] == c for r in comps),
+            "Dice raw↔refined": round(float(d[c]), 4),
+            "IoU raw↔refined": round(float(j[c]), 4),
+        })
+    return rows
+
+
+def disagreement_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Label map for display: 0 where two masks agree, 2 (drawn red) where they differ.
+
+    Examples
+    --------
+    >>> disagreement_map(np.array([[0, 1]]), np.array([[0, 2]])).tolist()
+    [[0, 2]]
+    """
+    return (np.asarray(a) != np.asarray(b)).astype(np.uint8) * 2
+
+
+def review_rows(verdicts: Iterable[dict], class_names: Sequence[str]) -> list[dict]:
+    """Summary table of review verdicts with readable labels and per-class Dice (model vs accepted)."""
+    rows = []
+    for v in verdicts:
+        m = v["metrics"]
+        rows.append({"case": v["case_id"], "scan": v["scan_name"], "slice": v.get("slice_index"),
+                     "reviewer": v["reviewer"], "verdict": label(v["verdict"]), "reason": label(v["reason_code"]),
+                     "comment": v["comment"], "seconds": round(v["seconds_spent"], 1),
+                     "edited px": m["edited_pixels"],
+                     **{f"Dice {class_names[c]}": round(m["dice"][c], 4)
+                        for c in range(1, min(len(class_names), len(m["dice"])))}})
+    return rows
+
+
+def correction_label(c) -> str:
+    """How a saved correction is named to a person: scan, slice, author, date (not its id)."""
+    where = f" · slice {c.slice_index}" if c.slice_index is not None else ""
+    return f"{c.scan_name}{where} · {c.author} · {c.created_at.replace('T', ' ')[:16]}"
+
+
+def duplicate_groups(corrections) -> list[list]:
+    """Corrections of the same scan content and slice, when there is more than one."""
+    groups: dict[tuple, list] = {}
+    for c in corrections:
+        groups.setdefault((c.scan_sha256 or c.scan_name, c.slice_index), []).append(c)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def candidate_table(metrics: dict, candidate: str, active: str) -> list[dict]:
+    """Per-class Dice and HD95 of a candidate vs the active model on the same held-out set."""
+    new, old = metrics["held_out"], metrics["baseline_held_out"]
+    return [{"class": name, f"Dice {active}": round(old["per_class"][name]["dice"], 4),
+             f"Dice {candidate}": round(new["per_class"][name]["dice"], 4),
+             f"HD95 {active}": round(old["per_class"][name]["hd95"], 2),
+             f"HD95 {candidate}": round(new["per_class"][name]["hd95"], 2)} for name in new["per_class"]]
+
+
+def version_rows(versions: dict, active: str | None) -> list[dict]:
+    """One row per model version: active flag, parent, held-out Dice, training cases, when, note."""
+    rows = []
+    for v, info in versions.items():
+        m = info.get("metrics", {})
+        ho = m.get("held_out") or m.get("test") or {}
+        rows.append({"version": v, "active": "✅" if v == active else "", "parent": info.get("parent"),
+                     "held-out mean Dice": round(ho.get("mean_foreground_dice", float("nan")), 4),
+                     "trained on": len(info.get("trained_on", [])), "created": info.get("created_at", ""),
+                     "by": info.get("created_by", ""), "note": info.get("note", "")})
+    return rows

@@ -1,0 +1,253 @@
+"""segcore.interactive: window geometry, prompt checks, the click simulator, the shipped network, GrabCut."""
+
+import cv2
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from segcore.interactive import (
+    DEFAULT_MODEL_DIR,
+    Window,
+    brush_session,
+    click_session,
+    grabcut_segment,
+    iou,
+    next_click,
+    segment,
+    window_for_prompt,
+)
+from segcore.interactive.encode import encode, normalise_crop
+from segcore.interactive.geometry import crop, paste
+
+# ---------------------------------------------------------------- geometry
+
+
+@pytest.mark.parametrize("shape", [(37, 91), (120, 45), (64, 64)])
+def test_image_net_round_trip_non_square(shape):
+    rng = np.random.default_rng(0)
+    w = Window(rng.uniform(0, shape[0]), rng.uniform(0, shape[1]), rng.uniform(20, 200), 128)
+    r, c = rng.uniform(0, shape[0], 50), rng.uniform(0, shape[1], 50)
+    rr, cc = w.to_image(*w.to_net(r, c))
+    np.testing.assert_allclose(rr, r, atol=1e-9)
+    np.testing.assert_allclose(cc, c, atol=1e-9)
+
+
+@pytest.mark.parametrize("click", [(1, 1), (1, 89), (35, 2), (35, 89), (18, 45)])
+def test_click_lands_on_its_pixel_in_the_crop_near_borders(click):
+    """A marked pixel, its click disk and the window agree, also where the window reaches outside the image."""
+    shape = (37, 91)
+    img = np.zeros(shape, np.float32)
+    img[click] = 1.0
+    w = window_for_prompt(shape, [click], size=128, min_side=64)
+    x = encode(img * 1000.0, w, [(click[0], click[1], True)], click_radius=3)
+    i, j = w.to_net(*click)
+    peak = np.unravel_index(np.argmax(crop(img, w)), (128, 128))
+    assert abs(peak[0] - i) <= 1 and abs(peak[1] - j) <= 1  # the marked pixel is where the click is
+    ys, xs = np.nonzero(x[..., 2])
+    assert abs(ys.mean() - i) < 0.6 and abs(xs.mean() - j) < 0.6  # click disk centred on it (clipped at edges)
+    assert x[..., 3].sum() == 0 and x[..., 4].sum() == 0 and x[..., 5].sum() == 0
+
+
+def test_crop_paste_round_trip_exact_at_scale_one_and_smooth_otherwise():
+    rng = np.random.default_rng(1)
+    img = rng.random((40, 70)).astype(np.float32)
+    w = Window(19.5, 60.5, 32, 32)  # pixel-aligned, reaches past the right edge
+    block, (r0, c0, r1, c1) = paste(crop(img, w), w, img.shape)
+    assert (r0, c0, r1, c1) == (4, 45, 36, 70)
+    np.testing.assert_array_equal(block, img[r0:r1, c0:c1])
+    yy, xx = np.mgrid[0:40, 0:70]
+    smooth = np.sin(yy / 6.0) + np.cos(xx / 7.0)
+    w = Window(12.3, 8.9, 30, 64)  # upsampled 2.13x, cut by the top and left edges
+    block, (r0, c0, r1, c1) = paste(crop(smooth, w), w, smooth.shape)
+    assert (r0, c0) == (0, 0)
+    np.testing.assert_allclose(block, smooth[r0:r1, c0:c1], atol=0.02)
+
+
+def test_window_for_prompt_frames_box_and_previous():
+    prev = np.zeros((100, 200), bool)
+    prev[40:60, 100:150] = True
+    w = window_for_prompt(prev.shape, [(50, 120)], previous=prev, size=128, margin=0.4, min_side=64)
+    assert (w.center_r, w.center_c) == (49.5, 124.5)
+    assert w.side == pytest.approx(50 * 1.8)
+    r0, c0, r1, c1 = w.image_bounds(prev.shape)
+    assert r0 == 5 and r1 == 95 and c0 == 80 and c1 == 170
+
+
+def test_normalisation_is_invariant_to_offset_and_scale():
+    rng = np.random.default_rng(2)
+    x = rng.normal(40, 30, (50, 60)).astype(np.float32)
+    a, b = normalise_crop(x), normalise_crop(x * 7.5 + 1024)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert normalise_crop(np.full((4, 4), 3.0)).sum() == 0  # constant crop
+
+
+# ---------------------------------------------------------------- simulator
+
+
+def _edt_first_argmax(region):
+    d = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+    return np.unravel_index(int(np.argmax(d)), d.shape), d.max()
+
+
+def test_simulator_clicks_interior_of_largest_error_region():
+    gt = np.zeros((30, 40), bool)
+    gt[5:14, 5:14] = True  # 9x9 object, fully missed -> deep false negative
+    gt[20:23, 30:33] = True  # 3x3 object, missed too (shallower)
+    pred = np.zeros_like(gt)
+    pred[2:4, 20:26] = True  # a 2 px thick false positive
+    assert next_click(gt, pred) == (9, 9, True)  # centre of the 9x9 square
+    pred[15:29, 15:29] = True  # now a 14x14 false region is the deepest error
+    r, c, pos = next_click(gt, pred)
+    assert not pos and (r, c) == tuple(int(v) for v in _edt_first_argmax(pred & ~gt)[0])
+    assert 15 + 5 <= r <= 28 - 5 and 15 + 5 <= c <= 28 - 5
+    assert next_click(gt, gt.copy()) is None
+
+
+def test_simulator_counts_the_image_border_as_region_border():
+    gt = np.zeros((10, 12), bool)
+    gt[:, :5] = True  # touches the top, bottom and left image borders
+    (r, c), _ = _edt_first_argmax(gt)
+    assert next_click(gt, None) == (r, c, True) == (2, 2, True)
+    rng = np.random.default_rng(3)
+    for _ in range(20):  # cross-check against scipy's exact EDT on random blobs
+        g = ndimage.binary_opening(rng.random((25, 31)) > 0.45, iterations=1)
+        p = ndimage.binary_opening(rng.random((25, 31)) > 0.5, iterations=1)
+        click = next_click(g, p)
+        if click is None:
+            continue
+        (_, dmax_fn), (_, dmax_fp) = _edt_first_argmax(g & ~p), _edt_first_argmax(p & ~g)
+        assert click[2] == (dmax_fn > dmax_fp)
+        region = (g & ~p) if click[2] else (p & ~g)
+        d = ndimage.distance_transform_edt(np.pad(region, 1))[1:-1, 1:-1]
+        assert d[click[0], click[1]] == pytest.approx(d.max(), abs=1e-4)
+
+
+def test_click_session_and_brush_baseline():
+    gt = np.zeros((30, 30), bool)
+    gt[10:20, 8:22] = True
+    s = click_session(lambda clicks, prev: gt.copy() if len(clicks) >= 2 else np.zeros_like(gt), gt, max_clicks=20)
+    assert s.ious[:2] == [0.0, 1.0] and s.noc(0.9) == 2 and s.iou_at(5) == 1.0
+    b = brush_session(gt, 2, threshold=0.9)
+    assert b["dabs"] is not None and b["ious"][-1] >= 0.9 and b["painted_px"] >= 0.9 * gt.sum()
+
+
+# ---------------------------------------------------------------- prompt checks (no model needed)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(image=np.zeros((20, 30)), clicks=[(25, 3, True)]), "outside the image"),
+    (dict(image=np.zeros((20, 30)), clicks=[(3, -2, True)]), "outside the image"),
+    (dict(image=np.zeros((0, 30)), clicks=[(0, 0, True)]), "empty"),
+    (dict(image=np.zeros((2, 3, 20, 30)), clicks=[(1, 1, True)]), "4-D"),
+    (dict(image=np.zeros((20, 30)), clicks=[], box=(10, 5, 4, 20)), "inverted"),
+    (dict(image=np.zeros((20, 30)), clicks=[], box=(1, 5, 19, 30)), "outside the image"),
+    (dict(image=np.zeros((20, 30)), clicks=[]), "No prompt"),
+    (dict(image=np.zeros((20, 30)), clicks=[(1, 1, True)], previous=np.zeros((30, 20), bool)), "previous"),
+    (dict(image=np.zeros((20, 30)), clicks=[(1, 1)]), "(row, col, positive)"),
+])
+def test_bad_input_raises_value_error_naming_the_problem(kwargs, message):
+    for fn in (segment, grabcut_segment):
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            fn(**kwargs)
+
+
+# ---------------------------------------------------------------- the shipped network
+
+
+@pytest.fixture(scope="module")
+def model():
+    from segcore.interactive import load_model
+
+    if not (DEFAULT_MODEL_DIR / "model.keras").is_file():
+        pytest.fail(f"the shipped click model is missing from {DEFAULT_MODEL_DIR}")
+    return load_model()
+
+
+def _scene(seed=0, shape=(150, 210)):
+    """A bright ellipse and a bright peanut (two fused disks) on a noisy, slightly textured background."""
+    rng = np.random.default_rng(seed)
+    img = rng.normal(100, 8, shape).astype(np.float32)
+    ell = np.zeros(shape, np.uint8)
+    cv2.ellipse(ell, (60, 50), (22, 14), 30, 0, 360, 1, -1)
+    a, b = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
+    cv2.circle(a, (140, 90), 16, 1, -1)
+    cv2.circle(b, (164, 100), 14, 1, -1)
+    ell, a, b = ell.astype(bool), a.astype(bool), b.astype(bool)
+    img[ell | a | b] += 120
+    img = cv2.GaussianBlur(img, (0, 0), 1.0)
+    return img, ell, a, b & ~a
+
+
+def test_box_alone_segments_an_isolated_object(model):
+    img, ell, _, _ = _scene()
+    r0, c0 = np.argwhere(ell).min(0)
+    r1, c1 = np.argwhere(ell).max(0)
+    mask = segment(img, [], box=(r0 - 4, c0 - 4, r1 + 4, c1 + 4), model=model)
+    assert mask.dtype == bool and mask.shape == img.shape
+    assert iou(mask, ell) >= 0.85
+
+
+def test_one_click_segments_the_object_and_any_intensity_range_gives_the_same_mask(model):
+    img, ell, _, _ = _scene()
+    click = next_click(ell, None)
+    mask = segment(img, [click], model=model)
+    assert iou(mask, ell) >= 0.85
+    as_uint16 = np.clip(img * 40 + 3000, 0, 65535).astype(np.uint16)  # another stored range, 16-bit
+    assert iou(segment(as_uint16, [click], model=model), mask) >= 0.98
+
+
+def test_negative_click_removes_a_leaked_region(model):
+    """Lobe b, as bright as lobe a and fused with it, was taken in by the last step; negative clicks remove it."""
+    img, _, a, b = _scene()
+    pos = (90, 138, True)  # inside lobe a
+    leaked = segment(img, [pos], previous=a | b, model=model)
+    assert (leaked & b).sum() >= 0.9 * b.sum()  # without a negative click the leak stays (a real starting point)
+    clicks, mask = [pos], leaked
+    coverage = []
+    for _ in range(2):  # the simulated user: next click at the centre of the largest error, here the leak
+        click = next_click(a, mask)
+        assert click is not None and not click[2] and b[click[0], click[1]]
+        clicks.append(click)
+        mask = segment(img, clicks, previous=mask, model=model)
+        assert not mask[click[0], click[1]]
+        coverage.append((mask & b).sum() / b.sum())
+    assert coverage[0] <= 0.4  # one negative click removes most of the leak
+    assert coverage[1] <= 0.1  # a second one the rest
+    assert (mask & a).sum() >= 0.95 * a.sum()  # and the clicked lobe stays
+
+
+def test_segment_is_deterministic_and_does_not_mutate_inputs(model):
+    img, ell, _, _ = _scene(seed=4)
+    prev = np.zeros(img.shape, bool)
+    prev[40:60, 40:70] = True
+    img0, prev0 = img.copy(), prev.copy()
+    clicks = [(50, 60, True), (30, 45, False)]
+    m1 = segment(img, clicks, previous=prev, model=model)
+    m2 = segment(img, clicks, previous=prev, model=model)
+    np.testing.assert_array_equal(m1, m2)
+    np.testing.assert_array_equal(img, img0)
+    np.testing.assert_array_equal(prev, prev0)
+
+
+def test_save_load_round_trip(tmp_path):
+    from segcore.interactive import ClickModel, InteractiveConfig
+    from segcore.interactive.model import build_click_unet
+
+    cfg = InteractiveConfig(net_size=32, filters=(4, 8))
+    m = ClickModel(build_click_unet(32, cfg.channels, cfg.filters), cfg)
+    x = np.random.default_rng(0).random((2, 32, 32, cfg.channels)).astype(np.float32)
+    m.save(tmp_path / "m", card="# card")
+    back = ClickModel.load(tmp_path / "m")
+    assert back.config == cfg and (tmp_path / "m" / "MODEL_CARD.md").is_file()
+    np.testing.assert_allclose(back.predict(x), m.predict(x), atol=1e-6)
+
+
+# ---------------------------------------------------------------- GrabCut baseline
+
+
+def test_grabcut_baseline_segments_a_clear_object_from_a_click_and_a_box():
+    img, ell, _, _ = _scene()
+    assert iou(grabcut_segment(img, [next_click(ell, None)]), ell) >= 0.8
+    r0, c0 = np.argwhere(ell).min(0)
+    r1, c1 = np.argwhere(ell).max(0)
+    assert iou(grabcut_segment(img, [], box=(r0 - 4, c0 - 4, r1 + 4, c1 + 4)), ell) >= 0.8

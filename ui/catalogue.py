@@ -1,0 +1,61 @@
+"""Where scans come from: the shipped samples and this session's uploads (kept by content hash, bounded)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import streamlit as st
+
+from segcore.io import Scan, ScanError, load_scan
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = ROOT / "sample_data"
+MAX_UPLOADS_KEPT = 8
+
+
+def sample_files() -> dict[str, Path]:
+    """Shipped sample scans by display name: the demo scans first, then phantom and instance test images."""
+    demo = sorted((SAMPLE_DIR / "demo").glob("*"), key=lambda p: (not p.name.startswith("phantom_ct_512"), p.name))
+    files = {p.name: p for p in demo if "mask" not in p.name and "lesion" not in p.name}
+    for p in sorted((SAMPLE_DIR / "phantom" / "test" / "images").glob("*.png"))[:10]:
+        files[f"phantom test/{p.name}"] = p
+    for p in sorted((SAMPLE_DIR / "instances" / "test" / "images").glob("*.png"))[:5]:
+        files[f"instances test/{p.name}"] = p
+    return files
+
+
+def is_phantom_sample(display_name: str) -> bool:
+    """Samples made by segcore's phantom generators (the shipped models' own domain)."""
+    return display_name.startswith(("phantom", "instances test/"))
+
+
+def remember(data: bytes) -> str:
+    """Keep ``data`` in this session under its SHA-256 (only the latest uploads are kept)."""
+    key = hashlib.sha256(data).hexdigest()
+    blobs = st.session_state.setdefault("sc_blobs", {})
+    if key not in blobs:
+        if len(blobs) >= MAX_UPLOADS_KEPT:
+            blobs.pop(next(iter(blobs)))
+        blobs[key] = data
+    return key
+
+
+def scan_bytes(key: str) -> bytes | None:
+    return st.session_state.get("sc_blobs", {}).get(key)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _load(key: str, name: str, _data: bytes) -> Scan:
+    return load_scan(_data, name)
+
+
+def open_scan(key: str, name: str) -> tuple[Scan | None, str | None]:
+    """``(scan, None)`` or ``(None, error message)`` for a remembered upload or sample."""
+    data = scan_bytes(key)
+    if data is None:
+        return None, f"{name} is no longer in this session; open it again."
+    try:
+        return _load(key, name, data), None
+    except ScanError as exc:
+        return None, str(exc)

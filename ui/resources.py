@@ -1,0 +1,135 @@
+"""Shared resources (one per server process) and cached pipeline results.
+
+Models are cached with ``st.cache_resource`` (read-only, shared); predictions, refinements and detections with
+bounded ``st.cache_data`` keyed on what really determines them: the scan's content hash, the slice, the model
+version and, for refinement, the refinement settings. A display choice (window, view, opacity) is never part of
+a key, because it never changes what is computed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from segcore.io import Scan
+from segcore.pipeline import Prediction, Segmentation, predict, refine_prediction
+from segcore.refine import RefineConfig
+from segcore.store import Workspace, default_data_dir
+
+from .catalogue import SAMPLE_DIR
+
+DEFAULT_MODEL_DIR = Path(os.environ.get("SEGCORE_DEFAULT_MODEL", SAMPLE_DIR / "models" / "default"))
+MASKRCNN_DIR = SAMPLE_DIR / "models" / "maskrcnn"
+
+
+@st.cache_resource
+def workspace() -> Workspace:
+    return Workspace(default_data_dir(), default_model_dir=DEFAULT_MODEL_DIR)
+
+
+@st.cache_resource
+def review_store():
+    from segcore.review import ReviewStore
+
+    return ReviewStore(data_dir=workspace().root)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def _load_model(path: str, mtime: float):
+    from segcore.models import load_model
+
+    return load_model(path)
+
+
+def model_for(version: str | None = None):
+    """``(version, model, config)`` for a version (the active one by default)."""
+    ws = workspace()
+    version = version or ws.active_version()
+    path = ws.model_dir(version)
+    model, config = _load_model(str(path), (path / "model.keras").stat().st_mtime)
+    return version, model, config
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def model_card(version: str) -> dict:
+    from segcore.cards import load_card
+
+    return load_card(workspace().model_dir(version))
+
+
+def refine_key(cfg: RefineConfig) -> str:
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+
+
+def _refine_from_key(key: str) -> RefineConfig:
+    d = json.loads(key)
+    return RefineConfig(**{**d, "order": tuple(d["order"]), "keep_largest_classes": tuple(d["keep_largest_classes"])})
+
+
+@st.cache_data(max_entries=32, show_spinner="Segmenting…")
+def prediction(scan_key: str, version: str, slice_index: int | None, _scan: Scan) -> Prediction:
+    _, model, config = model_for(version)
+    return predict(_scan, model, config, slice_index=slice_index)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _refined(scan_key: str, version: str, slice_index: int | None, refine: str, _pred: Prediction) -> Segmentation:
+    _, _, config = model_for(version)
+    return refine_prediction(_pred, config, _refine_from_key(refine))
+
+
+def segmentation(scan_key: str, scan: Scan, version: str, slice_index: int | None,
+                 refine: RefineConfig) -> Segmentation:
+    """The pipeline's result for one slice; the model runs once per (scan, slice, version)."""
+    pred = prediction(scan_key, version, slice_index, scan)
+    return _refined(scan_key, version, slice_index, refine_key(refine), pred)
+
+
+@st.cache_data(max_entries=8, show_spinner="Sampling the model with dropout…")
+def mc_dropout(scan_key: str, version: str, slice_index: int | None, _image) -> object:
+    from segcore.infer import mc_dropout_map
+
+    _, model, config = model_for(version)
+    return mc_dropout_map(model, _image, config, samples=8)
+
+
+@st.cache_resource
+def maskrcnn():
+    """The shipped compact Mask R-CNN, or None when it is not there."""
+    from segcore.instances.maskrcnn import MaskRCNN
+
+    if not (MASKRCNN_DIR / "config.json").is_file():
+        return None
+    return MaskRCNN.load(MASKRCNN_DIR)
+
+
+@st.cache_data(max_entries=16, show_spinner="Detecting instances…")
+def detections(scan_key: str, slice_index: int | None, _image) -> dict:
+    """Instances on a slice, normalised the way the instance model was trained."""
+    from segcore.pipeline import detect_instances
+
+    return detect_instances(maskrcnn(), _image)
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def instance_card() -> dict:
+    from segcore.cards import load_card
+
+    return load_card(MASKRCNN_DIR)
+
+
+@st.cache_data(max_entries=2, show_spinner="Segmenting every slice…")
+def _all_slices(scan_key: str, version: str, refine: str, _scan: Scan):
+    from segcore.pipeline import segment_all_slices
+
+    _, model, config = model_for(version)
+    return segment_all_slices(_scan, model, config, _refine_from_key(refine))
+
+
+def all_slices(scan_key: str, scan: Scan, version: str, refine: RefineConfig):
+    """Refined label map of every axial slice (``D,H,W``, or ``H,W`` for 2-D scans)."""
+    return _all_slices(scan_key, version, refine_key(refine), scan)

@@ -1,0 +1,58 @@
+"""The scan being worked on, as one typed object in session state (``st.session_state["sc_current"]``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import streamlit as st
+
+from segcore.auth import Identity
+from segcore.display import WindowChoice
+from segcore.refine import RefineConfig
+
+KEY = "sc_current"
+
+
+@dataclasses.dataclass(frozen=True)
+class CurrentScan:
+    """What Segment & compare shows and Correct edits: a scan (by content hash), a slice, a model, settings.
+
+    ``window`` is the display choice only; ``refine`` the refinement settings the masks were made with.
+    """
+
+    key: str
+    name: str
+    model_version: str
+    slice_index: int | None = None
+    refine: RefineConfig = dataclasses.field(default_factory=RefineConfig)
+    window: WindowChoice = dataclasses.field(default_factory=WindowChoice)
+    is_phantom_sample: bool = False
+
+    def describe(self) -> str:
+        where = f" · slice {self.slice_index}" if self.slice_index is not None else ""
+        return f"{self.name}{where} · model {self.model_version}"
+
+
+def current() -> CurrentScan | None:
+    return st.session_state.get(KEY)
+
+
+def set_current(scan: CurrentScan) -> None:
+    st.session_state[KEY] = scan
+
+
+def update_current(**changes) -> CurrentScan | None:
+    cur = current()
+    if cur is not None:
+        cur = dataclasses.replace(cur, **changes)
+        set_current(cur)
+    return cur
+
+
+def set_identity(identity: Identity | None) -> None:
+    st.session_state["sc_identity"] = identity
+
+
+def identity() -> Identity | None:
+    """Who is using the app this run: the signed-in user, or the self-declared name in local mode (ui.auth)."""
+    return st.session_state.get("sc_identity")

@@ -1,0 +1,234 @@
+"""Reusable controls: display window, refinement settings, class legend, model card, drawing canvas."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import streamlit as st
+
+from segcore.display import WindowChoice, default_window_choice, preset_note, resolve_window, window_options
+from segcore.io import Scan, auto_window
+from segcore.refine import RefineConfig
+from segcore.viz import class_hex
+
+ERASER = "#ffffff"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 stroke', '2 strokes'."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def class_legend(class_names, *, skip_background: bool = True) -> str:
+    """Coloured chips naming each class (markdown with HTML)."""
+    chips = [f"<span style='display:inline-block;width:0.9em;height:0.9em;background:{class_hex(i)};"
+             f"border-radius:2px;margin:0 0.3em -0.1em 0.6em'></span>{name}"
+             for i, name in enumerate(class_names) if not (skip_background and i == 0)]
+    return "".join(chips)
+
+
+def show_legend(class_names, prefix: str = "") -> None:
+    st.markdown(f"<div style='font-size:0.9rem'>{prefix}{class_legend(class_names)}</div>", unsafe_allow_html=True)
+
+
+def window_picker(scan: Scan, image, scan_key: str) -> tuple[WindowChoice, tuple[float, float]]:
+    """Display-window control for this scan (its own widget state per scan), the resolved (centre, width)."""
+    options = window_options(scan)
+    default = default_window_choice(scan)
+    name = st.selectbox("Display window", options, index=options.index(default), key=f"sc_window_{scan_key[:12]}",
+                        help="Changes only what is drawn; masks and measurements do not depend on it.")
+    note = preset_note(scan)
+    if note:
+        st.caption(note)
+    choice = WindowChoice(name)
+    if name == "manual":
+        c0, w0 = auto_window(image)
+        cols = st.columns(2)
+        center = cols[0].number_input("Center", value=float(round(c0, 1)), key=f"sc_wc_{scan_key[:12]}")
+        width = cols[1].number_input("Width", value=float(max(round(w0, 1), 1.0)), min_value=1.0,
+                                     key=f"sc_ww_{scan_key[:12]}")
+        choice = WindowChoice("manual", center, width)
+    return choice, resolve_window(scan, image, choice)
+
+
+def refine_controls(key: str = "sc") -> RefineConfig:
+    """Switches and sliders for each refinement step; returns the settings they describe."""
+    base = RefineConfig()
+    on = base.enabled
+    crf_on = st.checkbox("Dense CRF", value=on["crf"], key=f"{key}_crf_on")
+    crf_it = st.slider("CRF iterations", 1, 10, base.crf["iterations"], key=f"{key}_crf_it", disabled=not crf_on)
+    crf_sxy = st.slider("CRF bilateral σ (px)", 10, 160, base.crf["sxy_bilateral"], key=f"{key}_crf_sxy",
+                        disabled=not crf_on)
+    crf_srgb = st.slider("CRF intensity σ", 1, 50, base.crf["srgb"], key=f"{key}_crf_srgb", disabled=not crf_on)
+    crf_wb = st.slider("CRF bilateral weight", 0, 20, base.crf["compat_bilateral"], key=f"{key}_crf_wb",
+                       disabled=not crf_on)
+    open_on = st.checkbox("Opening", value=on["open"], key=f"{key}_open_on")
+    open_k = st.slider("Opening kernel (px)", 1, 15, base.open_size, key=f"{key}_open_k", disabled=not open_on)
+    close_on = st.checkbox("Closing", value=on["close"], key=f"{key}_close_on")
+    close_k = st.slider("Closing kernel (px)", 1, 21, base.close_size, key=f"{key}_close_k", disabled=not close_on)
+    fill_on = st.checkbox("Fill holes", value=on["fill_holes"], key=f"{key}_fill_on")
+    small_on = st.checkbox("Remove small components", value=on["remove_small"], key=f"{key}_small_on")
+    min_size = st.number_input("Minimum component size (px)", 0, 100000, int(base.min_size), key=f"{key}_min_size",
+                               disabled=not small_on)
+    largest_on = st.checkbox("Keep largest organ component", value=on["keep_largest"], key=f"{key}_largest_on")
+    st.caption("Defaults chosen on the sample validation split (bench/tune_refine.py).")
+    return dataclasses.replace(
+        base,
+        enabled={"crf": crf_on, "open": open_on, "close": close_on, "fill_holes": fill_on, "remove_small": small_on,
+                 "keep_largest": largest_on},
+        open_size=open_k, close_size=close_k, min_size=float(min_size),
+        crf={**base.crf, "iterations": crf_it, "sxy_bilateral": crf_sxy, "srgb": crf_srgb, "compat_bilateral": crf_wb},
+    )
+
+
+def refine_summary(cfg: RefineConfig) -> str:
+    """'open 3px, close 5px, CRF 5 it' (off steps say so)."""
+    e = cfg.enabled
+    return ", ".join([f"open {cfg.open_size}px" if e.get("open") else "open off",
+                      f"close {cfg.close_size}px" if e.get("close") else "close off",
+                      f"CRF {cfg.crf['iterations']} it" if e.get("crf") else "CRF off"])
+
+
+def model_card(card: dict, warnings: list[str], *, expanded: bool = False) -> None:
+    """Warnings about the scan vs the model's domain, and the card itself in an expander."""
+    for w in warnings:
+        st.warning(w, icon=":material/warning:")
+    with st.expander(f"Model card: {card.get('name', 'model')}", expanded=expanded):
+        st.markdown(f"**Task:** {card.get('task', '—')}  \n**Classes:** {', '.join(card.get('classes', []))}  \n"
+                    f"**Trained on:** {card.get('training_data', '—')}  \n"
+                    f"**Intended domain:** {(card.get('intended_domain') or {}).get('description', '—')}  \n"
+                    f"**Limitations:** {card.get('limitations', '—')}")
+        for split, values in (card.get("metrics") or {}).items():
+            if isinstance(values, dict):
+                st.caption(f"{split}: " + ", ".join(f"{k} {v}" for k, v in values.items()
+                                                     if isinstance(v, (int, float, str))))
+
+
+BRUSH_TOOLS = ("Brush", "Eraser", "Polygon fill")
+TOOLS = ("Smart click",) + BRUSH_TOOLS
+
+
+def mask_editor(image, display, base_mask, class_names, key: str):
+    """Smart click (click/box prompts), brush, eraser and polygon tools on one working mask.
+
+    Returns ``(mask, edits)``: the edited label map and a sentence counting the edits. The working mask lives in
+    session state under ``key`` (strokes drawn with the canvas are folded into it when switching to Smart click,
+    so nothing drawn is lost); :func:`edited_mask` reads it back.
+    """
+    ss = st.session_state
+    wk, ver, last = f"{key}_work", f"{key}_ver", f"{key}_last"
+    if wk not in ss:
+        ss[wk], ss[ver], ss[f"{key}_objects"] = base_mask, 0, 0
+    c1, c2, c3 = st.columns([2, 4, 2])
+    cls = c1.selectbox("Class", list(range(1, len(class_names))), format_func=lambda c: class_names[c],
+                       key=f"{key}_class")
+    tool = c2.radio("Tool", TOOLS, horizontal=True, key=f"{key}_tool",
+                    help="Smart click: click inside an object (or drag a box) and the network outlines it; "
+                         "'Remove' clicks take back a leak. Polygon: click the vertices, close on the first one.")
+    before = ss.get(f"{key}_prev_tool")
+    if before is not None and (before in BRUSH_TOOLS) != (tool in BRUSH_TOOLS) and last in ss:
+        ss[wk], ss[ver] = ss[last], ss[ver] + 1  # keep what the canvas drew; it restarts from the working mask
+    ss[f"{key}_prev_tool"] = tool
+    if tool == "Smart click":
+        positive = c3.radio("Click", ["Add", "Remove"], horizontal=True, key=f"{key}_sign") == "Add"
+        smart_click(image, display, cls, class_names, positive, key)
+        mask = ss[wk]
+        edits = plural(ss[f"{key}_objects"], "object") + " added by smart click"
+    else:
+        size = c3.slider("Brush (px)", 1, 60, 12, key=f"{key}_brush")
+        mask, n = _canvas(display, ss[wk], cls, class_names, tool, size, f"{key}_canvas_{ss[ver]}")
+        edits = plural(n, "stroke")
+    ss[last] = mask
+    return mask, edits
+
+
+def edited_mask(key: str, default):
+    """The editor's current mask (what Save stores), or ``default`` before any edit."""
+    return st.session_state.get(f"{key}_last", default)
+
+
+def smart_click(image, display, cls: int, class_names, positive: bool, key: str) -> None:
+    """Click/box prompts on a figure; the proposed object is accepted into the working mask as class ``cls``.
+
+    The last click or box (the chart's selection, in session state) is turned into a prompt *before* the figure
+    is drawn, and the buttons act in callbacks, so each interaction costs one rerun of the editor.
+    """
+    from segcore.annotate import apply_object, prompt_from_selection
+    from segcore.figures import image_panels
+    from segcore.interactive import load_model, segment
+    from segcore.viz import proposal_layer
+
+    ss = st.session_state
+    pk, wk, ok = f"{key}_prompt", f"{key}_work", f"{key}_objects"
+    empty = {"clicks": [], "box": None, "proposal": None, "seen": None}
+    prompt = ss.setdefault(pk, dict(empty))
+    fig_key = f"{key}_fig_{ss[f'{key}_ver']}_{ss[ok]}"
+    event = ss.get(fig_key)
+    selection = event.get("selection") if event else None
+    signature = repr(selection)
+    if signature != prompt["seen"]:
+        prompt["seen"] = signature
+        new = prompt_from_selection(selection, positive, image.shape)
+        if new is not None:
+            kind, value = new
+            if kind == "box":
+                prompt["box"] = value
+            else:
+                prompt["clicks"].append(value)
+            try:
+                prompt["proposal"] = segment(image, prompt["clicks"], box=prompt["box"],
+                                             previous=prompt["proposal"], model=load_model())
+            except ValueError as exc:
+                st.error(str(exc))
+
+    def accept():
+        ss[wk] = apply_object(ss[wk], prompt["proposal"], cls)
+        ss[ok] += 1
+        ss[pk] = dict(empty)
+
+    def undo():
+        prompt["clicks"].pop()
+        prompt["proposal"] = (segment(image, prompt["clicks"], box=prompt["box"], model=load_model())
+                              if prompt["clicks"] or prompt["box"] else None)
+
+    def discard():
+        ss[pk] = dict(empty, seen=prompt["seen"])
+
+    b1, b2, b3 = st.columns(3)
+    has = prompt["proposal"] is not None
+    b1.button(f"Accept as {class_names[cls]}", type="primary", disabled=not has, key=f"{key}_accept", on_click=accept)
+    b2.button("Undo last click", disabled=not prompt["clicks"], key=f"{key}_undo", on_click=undo)
+    b3.button("Discard object", disabled=not (has or prompt["clicks"]), key=f"{key}_discard", on_click=discard)
+    fig = image_panels([(f"Smart click: a click {'adds' if positive else 'removes'} · or choose the box-select tool "
+                         "and drag a box", display, proposal_layer(ss[wk], prompt["proposal"], cls))],
+                       clickable=True, box=prompt["box"],
+                       marks=[(r, c, "#2ecc71" if pos else "#e74c3c") for r, c, pos in prompt["clicks"]])
+    fig.update_layout(dragmode="pan")  # a click selects a point; the box-select tool (modebar) drags a box
+    st.plotly_chart(fig, key=fig_key, on_select="rerun", selection_mode=("points", "box"),
+                    config={"displaylogo": False})
+    st.caption(f"{plural(len(prompt['clicks']), 'click')}{' + a box' if prompt['box'] else ''} on this object · "
+               "green: add, red: remove, yellow outline: the proposed object (not in the mask until accepted).")
+
+
+def _canvas(display, base_mask, cls: int, class_names, tool: str, size: int, key: str):
+    """The drawing canvas over the working mask; returns ``(mask with strokes, n strokes)``."""
+    from streamlit_drawable_canvas import st_canvas
+
+    from segcore.annotate import apply_strokes
+    from segcore.viz import PALETTE, canvas_background
+
+    h, w = base_mask.shape
+    canvas_w = min(720, w * 4)
+    scale = w / canvas_w  # image pixels per canvas pixel (same on both axes)
+    canvas_h = int(round(h / scale))
+    stroke = ERASER if tool == "Eraser" else class_hex(cls)
+    st.caption(f"Drawing **{class_names[cls] if tool != 'Eraser' else 'background (eraser)'}** · canvas toolbar: "
+               f"undo, redo, clear · applied at full resolution ({w}×{h} px, {scale:.2f} image px per screen px).")
+    polygon = tool == "Polygon fill"
+    # a polygon is drawn with a hairline outline, so what is seen is its filled interior: what is saved
+    result = st_canvas(fill_color=stroke, stroke_width=1 if polygon else size, stroke_color=stroke,
+                       background_image=canvas_background(display, base_mask, canvas_w, canvas_h),
+                       height=canvas_h, width=canvas_w, drawing_mode="polygon" if polygon else "freedraw",
+                       key=key, update_streamlit=True)
+    objects = (result.json_data or {}).get("objects", []) if result is not None else []
+    return apply_strokes(base_mask, objects, scale, PALETTE, eraser_color=ERASER), len(objects)
