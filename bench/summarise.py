@@ -171,8 +171,57 @@ def main():
                 f"{len(fz['sources'])} real sample files: {fz['counts']['loaded']} loaded as valid scans, "
                 f"{fz['counts']['ScanError']} refused with a ScanError, {fz['counts']['other']} other outcomes "
                 f"(crashes or contract violations), in {fz['seconds']} s. Command: `{hostile['command']}`.", ""]
+    out += scaling_sections()
     (ROOT / "BENCHMARKS.md").write_text("\n".join(out))
     print("\n".join(out))
+
+
+def scaling_sections() -> list[str]:
+    """Compiled runtimes (bench/runtime.py) and batch segmentation on Ray (bench/batch.py), issue #17."""
+    out: list[str] = []
+    rt = load("runtime.json")
+    if rt:
+        out += ["## CPU runtimes: Keras vs OpenVINO vs ONNX Runtime", "",
+                "The shipped U-Net, one forward pass per call as `segcore.infer.predict_batch` makes it, runtimes "
+                f"interleaved in one process ({rt['rounds']} rounds, median ms per image; CPU flags "
+                f"{', '.join(rt['cpu_flags']) or 'unknown'}).", "",
+                "| runtime | " + " | ".join(f"{i} ms (× Keras)" for i in dict.fromkeys(r["input"] for r in rt["speed"]))
+                + " | pixel agreement | mean fg Dice (Δ vs Keras) | max prob. diff | passes |",
+                "|---|" + "---|" * (len({r["input"] for r in rt["speed"]}) + 4)]
+        agree = {r["runtime"]: r for r in rt["agreement"]}
+        for name in agree:
+            cells = [f"{r['ms_per_image_median']} ({r['speedup_vs_keras']}×)" for r in rt["speed"]
+                     if r["runtime"] == name]
+            a = agree[name]
+            out.append(f"| {name} | " + " | ".join(cells) + f" | {a['pixel_agreement'] * 100:.3f} % | "
+                       f"{a['mean_fg_dice']:.4f} ({a['dice_diff_vs_keras']:+.4f}) | {a['max_prob_diff']} | "
+                       f"{'yes' if a['passes'] else 'no'} |")
+        out += ["", f"Bar: ≥ {rt['bar']['pixel_agreement_min'] * 100:.1f} % of argmax pixels equal to Keras and "
+                f"|Δ Dice| ≤ {rt['bar']['abs_dice_diff_max']} on the {rt['agreement'][0]['n_images']} held-out "
+                f"phantom test images. Command: `{rt['command']}`.", ""]
+    bt = load("batch.json")
+    if bt:
+        out += ["## Batch segmentation (python -m segcore predict)", "",
+                f"{bt['scans']} scans ({bt['input']['images_256']} phantom PNGs at 256², volumes "
+                f"{', '.join(bt['input']['volumes'])}, {bt['input']['corrupt']} corrupt files), refinement on, "
+                f"{bt['cpus']} CPU cores. Each run is a fresh `python -m segcore predict` process into a fresh "
+                "folder.", "",
+                "| engine | workers | runtime | wall s | scans/s (steady) | × local (steady) | failed | "
+                "identical to local |", "|---|---|---|---|---|---|---|---|"]
+        for r in bt["runs"]:
+            same = "yes" if r["identical_to_local"] else f"no ({r['label_maps_differing']} maps differ)"
+            out.append(f"| {r['engine']} | {r['workers']} | {r['runtime']} | {r['wall_s']} | {r['scans_per_s']} | "
+                       f"{r['speedup_vs_local_rate']}× | {r['failed']} | {same} |")
+        out += ["", "Recovery (2 Ray workers):", "",
+                "| killed | scans done at kill | run finished by itself | rerun: segmented / skipped | "
+                "all recorded | label maps identical to the uninterrupted run |", "|---|---|---|---|---|---|"]
+        for k in bt["recovery"]:
+            out.append(f"| {'one Ray worker' if k['mode'] == 'worker' else 'the driver (crash)'} | "
+                       f"{k['manifests_at_kill']} | {'yes' if k['completed_without_rerun'] else 'no'} | "
+                       f"{k['rerun_processed']} / {k['rerun_skipped']} | {'yes' if k['all_scans_recorded'] else 'no'}"
+                       f" | {'yes' if k['identical_to_uninterrupted'] else 'no'} ({k['label_maps']} maps) |")
+        out += ["", f"{bt['note']}. Command: `{bt['command']}`.", ""]
+    return out
 
 
 if __name__ == "__main__":

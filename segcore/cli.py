@@ -20,7 +20,36 @@ def _cmd_make_sample_data(args) -> int:
     return 0
 
 
+def _launch_workers(args) -> int:
+    """``train --workers N`` without TF_CONFIG: N worker processes of one loopback cluster (worker 0 saves)."""
+    from .distributed import launch_local_workers
+
+    argv, skip = [], False
+    for a in args.argv:
+        if skip:
+            skip = False
+        elif a == "--workers":
+            skip = True
+        elif not a.startswith("--workers="):
+            argv.append(a)
+    codes = launch_local_workers(argv, args.workers)
+    if any(codes):
+        print(f"training workers exited with {codes}", file=sys.stderr)
+    return max(codes, key=abs)
+
+
 def _cmd_train(args) -> int:
+    from .distributed import cluster_config
+
+    if args.workers > 1 and cluster_config() is None:
+        return _launch_workers(args)
+    cluster = cluster_config()
+    strategy = None
+    if cluster is not None:  # one worker of a cluster: the strategy must exist before any other TensorFlow op
+        from .distributed import multi_worker_strategy
+
+        strategy = multi_worker_strategy()
+
     import keras
 
     from .data import list_pairs, make_dataset
@@ -45,10 +74,17 @@ def _cmd_train(args) -> int:
     )
     tr_i, tr_m = list_pairs(data / "train")
     va_i, va_m = list_pairs(data / "val")
-    train_ds = make_dataset(tr_i, tr_m, config, batch_size=args.batch_size, shuffle=True, augment_data=True,
-                            seed=args.seed, crop=args.crop or None, repeat=args.steps_per_epoch is not None)
+    train_ds = make_dataset(tr_i, tr_m, config, batch_size=args.batch_size, shuffle=True,
+                            augment_data=not args.no_augment, seed=args.seed, crop=args.crop or None,
+                            repeat=args.steps_per_epoch is not None)
     val_ds = make_dataset(va_i, va_m, config, batch_size=8)
-    strategy = make_strategy(args.devices)
+    if cluster is not None:  # every worker reads the same files and keeps its share of each global batch
+        import tensorflow as tf
+
+        opts = tf.data.Options()
+        opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        train_ds, val_ds = train_ds.with_options(opts), val_ds.with_options(opts)
+    strategy = strategy or make_strategy(args.devices)
     with strategy.scope():
         kwargs = dict(config.builder_kwargs)
         shape = (None, None, 1) if args.model.startswith("unet") else (args.size, args.size, 1)
@@ -72,11 +108,25 @@ def _cmd_train(args) -> int:
     def progress(rec):
         print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()}), flush=True)
 
+    from .distributed import is_chief, weights_fingerprint, worker_index
+
+    chief = is_chief(cluster)
+    initial = [w.copy() for w in model.get_weights()] if cluster is not None else []
+    # with a cluster, the GradientTape loop: Keras 3.15's model.fit cannot take MultiWorkerMirroredStrategy's
+    # distributed batches (it fails converting PerReplica values)
     history = train(model, train_ds, val_ds, num_classes=config.num_classes, epochs=args.epochs, loss=loss,
                     steps_per_epoch=args.steps_per_epoch,
-                    learning_rate=args.lr, out_dir=Path(args.out) / "logs" if args.logs else None,
-                    custom_loop=args.custom_loop, strategy=strategy, patience=args.patience, progress=progress)
+                    learning_rate=args.lr, out_dir=Path(args.out) / "logs" if args.logs and chief else None,
+                    custom_loop=args.custom_loop or cluster is not None, strategy=strategy, patience=args.patience,
+                    progress=progress if chief else None)
     elapsed = time.perf_counter() - t0
+    if cluster is not None:
+        update = max(float(np.abs(a - b).max()) for a, b in zip(model.get_weights(), initial))
+        print(json.dumps({"worker": worker_index(cluster), "weights_sha256": weights_fingerprint(model),
+                          "max_weight_update": update, "epochs_run": len(history), "first": history[0],
+                          "last": history[-1]}), flush=True)
+        if not chief:  # the chief saves; the others' copies are the same weights
+            return 0
     from .labels import load_gt_pairs
 
     te_images, te_masks, _ = load_gt_pairs(data / "test")
@@ -110,41 +160,25 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    import cv2
+    from .batch import BatchConfig, ray_available, run_batch
 
-    from .infer import predict_proba
-    from .io import ScanError, load_scan
-    from .models import load_model
-    from .viz import save_label_nifti
-
-    model, config = load_model(args.model)
-    src = Path(args.input)
-    files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    failures = 0
-    for i, f in enumerate(files, 1):
-        try:
-            scan = load_scan(f)
-        except ScanError as exc:
-            print(f"\r[{i}/{len(files)}] skipped {f.name}: {exc}", file=sys.stderr)
-            failures += 1
-            continue
-        stem = f.name.split(".")[0]
-        if scan.is_volume:
-            labels = np.stack([predict_proba(model, scan.pixels[z], config).argmax(-1) for z in range(scan.num_slices)])
-            for z in range(labels.shape[0]):
-                cv2.imwrite(str(out / f"{stem}_z{z:03d}_mask.png"), labels[z].astype(np.uint8))
-        else:
-            labels = predict_proba(model, scan.slice(), config).argmax(-1)
-            cv2.imwrite(str(out / f"{stem}_mask.png"), labels.astype(np.uint8))
-        if scan.format == "nifti" or scan.affine is not None:
-            save_label_nifti(labels.astype(np.uint8), scan, out / f"{stem}_mask.nii.gz")
-        bar = "#" * int(30 * i / len(files))
-        print(f"\r[{bar:<30}] {i}/{len(files)} {f.name}", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
-    print(f"wrote masks for {len(files) - failures} of {len(files)} files to {out}")
-    return 1 if failures == len(files) else 0
+    engine = args.engine
+    if engine == "ray" and not ray_available():
+        print("Ray is not installed (pip install 'ray[data]'); use --engine local to run in this process.",
+              file=sys.stderr)
+        return 2
+    if engine == "auto" and not ray_available():
+        print("Ray is not installed: segmenting in this process (--engine local).", file=sys.stderr)
+    cfg = BatchConfig(model_dir=args.model, refine=not args.no_refine, runtime=args.runtime, table=args.table,
+                      scans_per_batch=args.scans_per_batch)
+    report = run_batch(args.input, args.out, cfg, engine=engine, workers=args.workers, address=args.address,
+                       progress=not args.quiet)
+    print(f"{report.processed} scans segmented, {report.skipped} already complete, {report.failed} failed, "
+          f"in {report.seconds:.1f} s ({report.engine}, {report.workers} worker(s)); masks for {report.ok} of "
+          f"{report.total} scans in {args.out}; table: {report.table}")
+    if args.json_report:
+        Path(args.json_report).write_text(json.dumps(report.to_json(), indent=1))
+    return 1 if report.total and report.failed == report.processed == report.total else 0
 
 
 def _cmd_train_interactive(args) -> int:
@@ -186,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="ce, weighted_ce, dice, jaccard, ce_dice, wce_batch_dice, learned_ce_dice")
     p.add_argument("--custom-loop", action="store_true", help="use the GradientTape loop instead of model.fit")
     p.add_argument("--devices", type=int, default=None, help="replicas for MirroredStrategy")
+    p.add_argument("--workers", type=int, default=1,
+                   help="train as N worker processes of this machine (MultiWorkerMirroredStrategy on loopback "
+                        "ports; --batch-size is the global batch); on several machines set TF_CONFIG instead")
+    p.add_argument("--no-augment", action="store_true", help="no random flips/rotations/intensity changes")
     p.add_argument("--version", default="v1")
     p.add_argument("--init", default=None, help="start from the weights of this .keras file (continue training)")
     p.add_argument("--seed", type=int, default=0)
@@ -198,10 +236,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write the metrics to this JSON file")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("predict", help="write masks for a file or folder of scans")
-    p.add_argument("input", help="a scan file or a folder")
+    p = sub.add_parser("predict", help="segment a file or a folder of scans (Ray Data or this process; resumable)")
+    p.add_argument("input", help="a scan file or a folder (searched recursively)")
     p.add_argument("--model", default="sample_data/models/default")
     p.add_argument("--out", default="predictions")
+    p.add_argument("--engine", choices=["auto", "ray", "local"], default="auto",
+                   help="ray: an actor pool on Ray Data; local: one process; auto: ray when installed")
+    p.add_argument("--workers", type=int, default=None, help="Ray workers (model replicas); default: CPU count")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster, e.g. ray://head:10001 (default: RAY_ADDRESS, else a private local Ray)")
+    p.add_argument("--no-refine", action="store_true", help="write the raw argmax instead of the refined labels")
+    p.add_argument("--runtime", default="auto",
+                   help="auto, keras, openvino, openvino-bf16 or onnxruntime (see docs/SCALING.md)")
+    p.add_argument("--table", default="results.csv", help="results table in OUT: *.csv or *.parquet")
+    p.add_argument("--scans-per-batch", type=int, default=2, help="scans per worker call")
+    p.add_argument("--json-report", default=None, help="also write the run's summary to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("make-sample-data", help="regenerate the synthetic phantom set byte-for-byte")
@@ -243,4 +293,5 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_cmd_train_interactive)
 
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     return int(args.func(args) or 0)

@@ -7,9 +7,11 @@ are applied in order inside transactions, so upgrading keeps existing data.
 
 Every write is one transaction: either the verdict, its mask and its audit
 record are all stored, or none is. Writers are serialised (SQLite
-``BEGIN IMMEDIATE``; on other databases a ``SELECT ... FOR UPDATE`` of the
-audit head row), so concurrent processes never fork the chain or duplicate
-case positions.
+``BEGIN IMMEDIATE``; PostgreSQL a transaction-scoped advisory lock; on every
+server database also a ``SELECT ... FOR UPDATE`` of the audit head row, which
+exists from the first migration on), so concurrent processes never fork the
+chain or duplicate case positions. Migrations take the same lock, so several
+processes may open a new database at once.
 
 What the audit proves
 ---------------------
@@ -80,19 +82,19 @@ schema_info = Table("schema_info", metadata, Column("version", Integer, nullable
 sessions = Table(
     "review_sessions", metadata,
     Column("id", Integer, primary_key=True),
-    Column("name", String(200), nullable=False),
-    Column("created_by", String(200), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("created_by", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("model_version", String(50), nullable=False),
+    Column("model_version", Text, nullable=False),
     Column("refine_params", Text, nullable=False, default="{}"),
-    Column("created_by_id", String(300), nullable=True),
+    Column("created_by_id", Text, nullable=True),
 )
 cases = Table(
     "review_cases", metadata,
     Column("id", Integer, primary_key=True),
     Column("session_id", Integer, ForeignKey("review_sessions.id"), nullable=False, index=True),
     Column("position", Integer, nullable=False),
-    Column("scan_name", String(300), nullable=False),
+    Column("scan_name", Text, nullable=False),
     Column("scan_sha256", String(64), nullable=False),
     Column("scan_bytes", LargeBinary, nullable=False),  # de-identified copy is made on load; bytes kept for export
     Column("slice_index", Integer, nullable=True),
@@ -105,8 +107,8 @@ mask_versions = Table(
     Column("id", Integer, primary_key=True),
     Column("case_id", Integer, ForeignKey("review_cases.id"), nullable=False, index=True),
     Column("kind", String(20), nullable=False),  # raw | refined | correction
-    Column("author", String(200), nullable=False),
-    Column("model_version", String(50), nullable=False),
+    Column("author", Text, nullable=False),
+    Column("model_version", Text, nullable=False),
     Column("refine_params", Text, nullable=False, default="{}"),
     Column("mask_png", LargeBinary, nullable=False),
     Column("mask_sha256", String(64), nullable=False),
@@ -116,7 +118,7 @@ verdicts = Table(
     "verdicts", metadata,
     Column("id", Integer, primary_key=True),
     Column("case_id", Integer, ForeignKey("review_cases.id"), nullable=False, index=True),
-    Column("reviewer", String(200), nullable=False),
+    Column("reviewer", Text, nullable=False),
     Column("verdict", String(30), nullable=False),
     Column("reason_code", String(50), nullable=False),
     Column("comment", Text, nullable=False, default=""),
@@ -127,7 +129,7 @@ verdicts = Table(
     Column("metrics", Text, nullable=False, default="{}"),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("region", Text, nullable=True, default=""),
-    Column("reviewer_id", String(300), nullable=True),  # the token's subject (local:<name> in local mode)
+    Column("reviewer_id", Text, nullable=True),  # the token's subject (local:<name> in local mode)
     Column("authenticated", Integer, nullable=True, default=0),
 )
 audit = Table(
@@ -141,10 +143,10 @@ audit = Table(
 user_roles = Table(  # role grants and revocations made in the app, newest last (never updated)
     "user_roles", metadata,
     Column("id", Integer, primary_key=True),
-    Column("subject", String(300), nullable=False, index=True),
+    Column("subject", Text, nullable=False, index=True),
     Column("role", String(30), nullable=False),
     Column("granted", Integer, nullable=False),  # 1 grant, 0 revoke
-    Column("by_id", String(300), nullable=False),
+    Column("by_id", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
 )
 audit_head = Table(
@@ -155,10 +157,16 @@ audit_head = Table(
     Column("mac", String(64), nullable=False),
 )
 
+# free-text columns: TEXT since schema v5 (PostgreSQL enforces VARCHAR lengths that SQLite ignores)
+FREE_TEXT = {"review_sessions": ("name", "created_by", "model_version", "created_by_id"),
+             "review_cases": ("scan_name",), "mask_versions": ("author", "model_version"),
+             "verdicts": ("reviewer", "reviewer_id"), "user_roles": ("subject", "by_id")}
+
 # the rows the audit vouches for, with their table objects
 AUDITED = {"review_sessions": sessions, "review_cases": cases, "mask_versions": mask_versions, "verdicts": verdicts,
            "user_roles": user_roles}
 GENESIS = "0" * 64
+WRITER_LOCK_KEY = 0x5E6C0AE  # PostgreSQL advisory lock id shared by every segcore writer
 
 
 # ------------------------------------------------------------------ migrations
@@ -210,7 +218,16 @@ def _m4(conn) -> None:
     conn.execute(text("UPDATE review_sessions SET created_by_id = 'local:' || created_by WHERE created_by_id IS NULL"))
 
 
-MIGRATIONS = [_m1, _m2, _m3, _m4]
+def _m5(conn) -> None:
+    # v5: names and subject ids are free text on every database (PostgreSQL enforced the VARCHAR limits that
+    # SQLite ignores: a 300-character scan name or a long local reviewer name failed on PostgreSQL only)
+    if conn.dialect.name == "postgresql":
+        for table, cols in FREE_TEXT.items():
+            for col in cols:
+                conn.execute(text(f"ALTER TABLE {table} ALTER COLUMN {col} TYPE TEXT"))
+
+
+MIGRATIONS = [_m1, _m2, _m3, _m4, _m5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -344,11 +361,21 @@ class ReviewStore:
     # ------------------------------------------------------------ transactions
     @contextmanager
     def _write(self):
-        """One serialised write transaction (yields the connection); the audit head row is locked first."""
+        """One serialised write transaction (yields the connection); the writers' lock is taken first."""
         with self.engine.connect().execution_options(segcore_write=True) as conn:
             with conn.begin():
+                self._lock_writers(conn)
                 conn.execute(select(audit_head.c.id).where(audit_head.c.id == 1).with_for_update()).first()
                 yield conn
+
+    @staticmethod
+    def _lock_writers(conn) -> None:
+        """PostgreSQL: a transaction-scoped advisory lock (held even before the head row exists).
+
+        SQLite writers are already serialised by ``BEGIN IMMEDIATE``; other databases rely on the head row lock.
+        """
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": WRITER_LOCK_KEY})
 
     def _mac(self, message: str) -> str:
         return hmac.new(self._key, message.encode(), hashlib.sha256).hexdigest()
@@ -369,6 +396,9 @@ class ReviewStore:
         current = self.schema_version()
         for i, step in enumerate(MIGRATIONS[current:], start=current + 1):
             with self.engine.connect().execution_options(segcore_write=True) as conn, conn.begin():
+                self._lock_writers(conn)
+                if self._version_in(conn) >= i:  # another process applied it while we waited for the lock
+                    continue
                 step(conn)
                 conn.execute(schema_info.delete())
                 conn.execute(insert(schema_info).values(version=i))
@@ -376,7 +406,26 @@ class ReviewStore:
                     self._anchor_existing(conn)
                 elif i == 4:
                     self._reanchor(conn, ["verdicts", "review_sessions"], "schema v4: subject ids added")
+        with self.engine.connect() as conn:
+            has_head = conn.execute(select(audit_head.c.id).where(audit_head.c.id == 1)).first() is not None
+        if not has_head:
+            with self._write() as conn:
+                self._ensure_head(conn)
         return self.schema_version()
+
+    @staticmethod
+    def _version_in(conn) -> int:
+        if not conn.dialect.has_table(conn, "schema_info"):
+            return 0
+        return int(conn.execute(select(schema_info.c.version)).scalar() or 0)
+
+    def _ensure_head(self, conn) -> None:
+        """A signed genesis head on a database without audit records, so writers always have a row to lock."""
+        if conn.execute(select(audit_head.c.id).where(audit_head.c.id == 1)).first() is not None:
+            return
+        if conn.execute(select(audit.c.id).limit(1)).first() is not None:
+            return  # records without a head: verify_audit reports it; never paper over it
+        conn.execute(insert(audit_head).values(id=1, count=0, last_hash=GENESIS, mac=self._mac(f"head:0:{GENESIS}")))
 
     def _anchor_existing(self, conn) -> None:
         rows = []

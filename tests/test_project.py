@@ -55,8 +55,8 @@ def test_cli_predict_and_evaluate(tmp_path, root):
     for n in ("phantom_ct_256_hu+1024.png", "lung1_ct.nii.gz"):
         (src / n).write_bytes((root / "sample_data" / "demo" / n).read_bytes())
     (src / "notes.txt").write_text("not a scan")
-    r = subprocess.run([sys.executable, "-m", "segcore", "predict", str(src), "--out", str(tmp_path / "out")],
-                       cwd=root, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "segcore", "predict", str(src), "--out", str(tmp_path / "out"),
+                        "--engine", "local"], cwd=root, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "skipped notes.txt" in r.stderr
     mask = cv2.imread(str(tmp_path / "out" / "phantom_ct_256_hu+1024_mask.png"), cv2.IMREAD_UNCHANGED)

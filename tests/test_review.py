@@ -1,11 +1,21 @@
+"""Review store: behaviour, tamper evidence and concurrent writers, on SQLite and on a real PostgreSQL server.
+
+The ``db`` fixture runs each store test on both databases (PostgreSQL from tests/pg_server.py; skipped locally
+without PostgreSQL binaries, required under CI). Tampering goes through SQLAlchemy on either database
+(:meth:`Db.tamper`), as someone with write access to the database would.
+"""
+
+import dataclasses
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import create_engine, text
 
 from segcore.review import SCHEMA_VERSION, AuditError, ReviewStore
 
@@ -21,12 +31,45 @@ def _masks(seed=0, shape=(64, 64)):
     return raw, refined
 
 
+@dataclasses.dataclass
+class Db:
+    """One review database: ``open()`` a store on it, ``tamper()`` with it behind the store's back."""
+
+    kind: str
+    url: str
+    data_dir: Path  # the audit key file lives here (outside the database)
+
+    def open(self, **kwargs) -> ReviewStore:
+        return ReviewStore(self.url, data_dir=self.data_dir, **kwargs)
+
+    def tamper(self, *statements) -> None:
+        """Run SQL statements (a string, or ``(sql, params)``) in one transaction, outside the application."""
+        engine = create_engine(self.url)
+        try:
+            with engine.begin() as conn:
+                for q in statements:
+                    sql, params = (q, {}) if isinstance(q, str) else q
+                    conn.execute(text(sql), params)
+        finally:
+            engine.dispose()
+
+    def problems(self) -> list[str]:
+        return self.open().audit_problems()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, tmp_path) -> Db:
+    if request.param == "sqlite":
+        return Db("sqlite", f"sqlite:///{tmp_path / 'review.db'}", tmp_path)
+    return Db("postgresql", request.getfixturevalue("postgres_url"), tmp_path)
+
+
 def _store(tmp_path):
     return ReviewStore(data_dir=tmp_path)
 
 
-def test_session_cases_verdicts_and_metrics(tmp_path):
-    st = _store(tmp_path)
+def test_session_cases_verdicts_and_metrics(db):
+    st = db.open()
     sid = st.create_session("Liver batch 1", "Dr A", "v1", {"open_size": 3})
     ids = []
     for i, unc in enumerate([0.1, 0.5, 0.3]):
@@ -57,8 +100,8 @@ def test_session_cases_verdicts_and_metrics(tmp_path):
     assert st.verify_audit() == 1 + 3 + 3
 
 
-def test_verdict_bad_input(tmp_path):
-    st = _store(tmp_path)
+def test_verdict_bad_input(db):
+    st = db.open()
     sid = st.create_session("s", "Dr A", "v1")
     raw, ref = _masks()
     cid = st.add_case(sid, b"x", "x.png", raw, ref)
@@ -77,8 +120,8 @@ def test_verdict_bad_input(tmp_path):
     assert st.verdicts(sid) == []
 
 
-def test_two_reviewers_agreement(tmp_path):
-    st = _store(tmp_path)
+def test_two_reviewers_agreement(db):
+    st = db.open()
     sid = st.create_session("s", "Dr A", "v1")
     raw, ref = _masks()
     cid = st.add_case(sid, b"x", "x.png", raw, ref)
@@ -94,17 +137,8 @@ def test_two_reviewers_agreement(tmp_path):
     assert rows[0]["disagreement_px"] == int((ref != other).sum())
 
 
-def _tamper(tmp_path, *sql):
-    """Edit the database behind the store's back, as someone with file access would."""
-    con = sqlite3.connect(tmp_path / "review.db")
-    for q in sql:
-        con.execute(q)
-    con.commit()
-    con.close()
-
-
-def _session_with_verdicts(tmp_path):
-    st = _store(tmp_path)
+def _session_with_verdicts(db):
+    st = db.open()
     sid = st.create_session("s", "Dr A", "v1")
     raw, ref = _masks()
     cid = st.add_case(sid, b"x", "x.png", raw, ref)
@@ -117,21 +151,17 @@ def _session_with_verdicts(tmp_path):
     return st, sid, cid, cid2
 
 
-def _problems(tmp_path):
-    return ReviewStore(data_dir=tmp_path).audit_problems()
-
-
-def test_editing_an_audit_record_is_detected(tmp_path):
-    _session_with_verdicts(tmp_path)
-    _tamper(tmp_path, "UPDATE audit_log SET payload = replace(payload, 'reject', 'accept') WHERE id = 3")
+def test_editing_an_audit_record_is_detected(db):
+    _session_with_verdicts(db)
+    db.tamper("UPDATE audit_log SET payload = replace(payload, 'reject', 'accept') WHERE id = 3")
     with pytest.raises(AuditError, match="audit record 3 was modified"):
-        ReviewStore(data_dir=tmp_path).verify_audit()
+        db.open().verify_audit()
 
 
-def test_deleting_an_audit_record_breaks_the_chain(tmp_path):
-    _session_with_verdicts(tmp_path)
-    _tamper(tmp_path, "DELETE FROM audit_log WHERE id = 2")
-    problems = _problems(tmp_path)
+def test_deleting_an_audit_record_breaks_the_chain(db):
+    _session_with_verdicts(db)
+    db.tamper("DELETE FROM audit_log WHERE id = 2")
+    problems = db.problems()
     assert any("audit record 3 does not follow" in p for p in problems)
     assert any("review_cases row 1" in p and "no audit record" in p for p in problems)
 
@@ -143,39 +173,39 @@ def test_deleting_an_audit_record_breaks_the_chain(tmp_path):
     ("DELETE FROM verdicts WHERE id=1", "verdicts row 1 (audit record 3) is missing: deleted"),
     ("UPDATE mask_versions SET mask_png=(SELECT mask_png FROM mask_versions WHERE id=1) WHERE id=5",
      "mask_versions row 5 was modified"),
-    ("UPDATE review_cases SET scan_bytes=X'00' WHERE id=2", "review_cases row 2 was modified"),
+    (("UPDATE review_cases SET scan_bytes=:b WHERE id=2", {"b": b"\x00"}), "review_cases row 2 was modified"),
     ("UPDATE review_sessions SET created_by='Dr Z' WHERE id=1", "review_sessions row 1 was modified"),
     ("INSERT INTO verdicts (case_id, reviewer, verdict, reason_code, comment, mask_version_id, seconds_spent, "
      "metrics, created_at) VALUES (1, 'Dr X', 'accept', 'none', '', 2, 1.0, '{}', '2026-01-01')",
      "verdicts row 3 has no audit record"),
 ])
-def test_data_rows_are_vouched_for(tmp_path, sql, expect):
+def test_data_rows_are_vouched_for(db, sql, expect):
     """Editing, deleting or inserting data rows (not only audit rows) is detected, naming the row."""
-    _session_with_verdicts(tmp_path)
-    _tamper(tmp_path, sql)
+    _session_with_verdicts(db)
+    db.tamper(sql)
     with pytest.raises(AuditError, match=expect.replace("(", r"\(").replace(")", r"\)")):
-        ReviewStore(data_dir=tmp_path).verify_audit()
+        db.open().verify_audit()
 
 
-def test_tail_truncation_is_detected(tmp_path):
-    _session_with_verdicts(tmp_path)
+def test_tail_truncation_is_detected(db):
+    _session_with_verdicts(db)
     # remove the last verdict and every row it wrote, and its audit record: the chain alone still verifies
-    _tamper(tmp_path, "DELETE FROM verdicts WHERE id=2", "DELETE FROM mask_versions WHERE id=5",
-            "DELETE FROM audit_log WHERE id=5")
-    problems = _problems(tmp_path)
+    db.tamper("DELETE FROM verdicts WHERE id=2", "DELETE FROM mask_versions WHERE id=5",
+              "DELETE FROM audit_log WHERE id=5")
+    problems = db.problems()
     assert problems == ["the audit log has 4 records but its signed head vouches for 5 (records were removed from "
                         "or added to the end)"]
 
 
-def test_recomputed_chain_without_the_key_is_detected(tmp_path):
+def test_recomputed_chain_without_the_key_is_detected(db):
     """An attacker rewrites a verdict and recomputes every digest, MAC and the head, but with their own key."""
     import json
 
     from segcore import review
 
-    st, *_ = _session_with_verdicts(tmp_path)
-    _tamper(tmp_path, "UPDATE verdicts SET verdict='accept', reason_code='none' WHERE id=1")
-    forger = ReviewStore(data_dir=tmp_path, key=b"attacker-guessed-key-0000")
+    _session_with_verdicts(db)
+    db.tamper("UPDATE verdicts SET verdict='accept', reason_code='none' WHERE id=1")
+    forger = db.open(key=b"attacker-guessed-key-0000")
     with forger.engine.begin() as conn:
         recs = conn.execute(review.select(review.audit).order_by(review.audit.c.id)).mappings().all()
         prev = review.GENESIS
@@ -191,7 +221,7 @@ def test_recomputed_chain_without_the_key_is_detected(tmp_path):
         conn.execute(review.update(review.audit_head).values(count=len(recs), last_hash=prev,
                                                              mac=forger._mac(f"head:{len(recs)}:{prev}")))
     assert forger.verify_audit() == 5  # consistent under the forger's key ...
-    problems = _problems(tmp_path)  # ... but not under ours
+    problems = db.problems()  # ... but not under ours
     assert any("audit record 1 was modified" in p for p in problems)
     assert any("head's signature does not verify" in p for p in problems)
 
@@ -219,7 +249,7 @@ def test_migration_from_v2_keeps_data_renumbers_positions_and_anchors_the_audit(
     con.executescript((root / "tests" / "data" / "review_v2.sql").read_text())
     con.close()
     st = ReviewStore(data_dir=tmp_path)
-    assert st.schema_version() == SCHEMA_VERSION == 4
+    assert st.schema_version() == SCHEMA_VERSION == 5
     assert [c.position for c in st.cases(1, "upload")] == [0, 1]
     assert st.session(1)["created_by"] == "Dr Old" and len(st.verdicts(1)) == 1
     assert st.verdicts(1)[0]["reviewer_id"] == "local:Dr Old"  # self-declared before sign-in existed
@@ -227,37 +257,87 @@ def test_migration_from_v2_keeps_data_renumbers_positions_and_anchors_the_audit(
     assert st.verify_audit() == 6
     new_case = st.add_case(1, b"z", "z.png", np.zeros((16, 16), np.uint8), np.zeros((16, 16), np.uint8))
     assert st.case(new_case).position == 2
-    _tamper(tmp_path, "UPDATE verdicts SET verdict='reject' WHERE id=1")  # pre-migration rows are vouched for too
-    assert any("verdicts row 1 was modified" in p for p in _problems(tmp_path))
+    db = Db("sqlite", f"sqlite:///{tmp_path / 'review.db'}", tmp_path)
+    db.tamper("UPDATE verdicts SET verdict='reject' WHERE id=1")  # pre-migration rows are vouched for too
+    assert any("verdicts row 1 was modified" in p for p in db.problems())
+
+
+def _start_together(procs) -> None:
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+
+
+def test_v4_database_with_length_limited_names_migrates_to_free_text(db):
+    """Schema v4 declared VARCHAR(300) scan names: PostgreSQL enforced it, SQLite did not. v5 makes them TEXT."""
+    st = db.open()
+    sid = st.create_session("s", "Dr A", "v1")
+    if db.kind == "postgresql":  # put the database back to what the v4 code created
+        db.tamper("ALTER TABLE review_cases ALTER COLUMN scan_name TYPE VARCHAR(300)",
+                  "ALTER TABLE verdicts ALTER COLUMN reviewer TYPE VARCHAR(200)",
+                  "ALTER TABLE verdicts ALTER COLUMN reviewer_id TYPE VARCHAR(300)")
+    db.tamper("UPDATE schema_info SET version = 4")
+    st = db.open()
+    assert st.schema_version() == SCHEMA_VERSION
+    raw, ref = _masks()
+    name, reviewer = "scan." + "x" * 400, "Dr " + "y" * 300
+    cid = st.add_case(sid, b"x", name, raw, ref)
+    st.record_verdict(cid, reviewer, "accept")
+    assert st.case(cid).scan_name == name and st.verdicts(sid)[0]["reviewer"] == reviewer
+    assert st.verify_audit() == 3
+
+
+OPENER = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+from segcore.review import ReviewStore
+st = ReviewStore(sys.argv[2], data_dir=sys.argv[3])
+sid = st.create_session("s" + sys.argv[4], "Dr " + sys.argv[4], "v1")
+print(st.schema_version(), flush=True)
+"""
+
+
+def test_processes_opening_a_new_database_at_once_migrate_it_once(db, root):
+    procs = [subprocess.Popen([sys.executable, "-c", OPENER, str(root), db.url, str(db.data_dir), str(i)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(4)]
+    _start_together(procs)
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert out.split()[-1] == str(SCHEMA_VERSION)
+    st = db.open()
+    assert sorted(s["created_by"] for s in st.sessions()) == [f"Dr {i}" for i in range(4)]
+    assert st.verify_audit() == 4
 
 
 ADDER = r"""
 import sys, numpy as np
 sys.path.insert(0, sys.argv[1])
 from segcore.review import ReviewStore
-st = ReviewStore(data_dir=sys.argv[2])
+st = ReviewStore(sys.argv[2], data_dir=sys.argv[3])
 m = np.zeros((8, 8), np.uint8)
 print("ready", flush=True)
 sys.stdin.readline()
-for i in range(int(sys.argv[3])):
+for i in range(int(sys.argv[4])):
     st.add_case(1, b"s", "s.png", m, m, uncertainty=float(i))
     if i % 5 == 0:
-        st.record_verdict(1, sys.argv[4], "accept")
+        st.record_verdict(1, sys.argv[5], "accept")
 """
 
 
-def test_concurrent_writers_unique_positions_and_one_chain(tmp_path, root):
-    st = _store(tmp_path)
+def test_concurrent_writers_unique_positions_and_one_chain(db, root):
+    st = db.open()
     sid = st.create_session("s", "Dr A", "v1")
     m = np.zeros((8, 8), np.uint8)
     st.add_case(sid, b"s", "s.png", m, m)
-    procs = [subprocess.Popen([sys.executable, "-c", ADDER, str(root), str(tmp_path), "40", f"Dr {i}"],
+    procs = [subprocess.Popen([sys.executable, "-c", ADDER, str(root), db.url, str(db.data_dir), "40", f"Dr {i}"],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for i in range(4)]
-    for p in procs:
-        assert p.stdout.readline().strip() == "ready"
-    for p in procs:
-        p.stdin.write("go\n")
-        p.stdin.flush()
+    _start_together(procs)
     for p in procs:
         p.communicate(timeout=300)
         assert p.returncode == 0
@@ -266,12 +346,54 @@ def test_concurrent_writers_unique_positions_and_one_chain(tmp_path, root):
     assert st.verify_audit() == 1 + 161 + 4 * 8
 
 
+VERDICTS_FOR = r"""
+import sys, time, numpy as np
+sys.path.insert(0, sys.argv[1])
+from segcore.review import ReviewStore
+st = ReviewStore(sys.argv[2], data_dir=sys.argv[3])
+cids = [int(c) for c in sys.argv[5].split(",")]
+masks = {c: st.mask(c) for c in cids}
+print("ready", flush=True)
+sys.stdin.readline()
+end, n = time.monotonic() + float(sys.argv[4]), 0
+while time.monotonic() < end:
+    cid = cids[n % len(cids)]
+    m = masks[cid].copy()
+    m[n % 64, :] = n % 3  # every other verdict is an edit: a correction mask version in the same transaction
+    st.record_verdict(cid, sys.argv[6], "accept", mask=m, seconds_spent=n)
+    n += 1
+print(n, flush=True)
+"""
+
+
+def test_four_processes_recording_verdicts_keep_one_audit_chain(db, root):
+    """The race seen on PostgreSQL 15 (writers reading the last hash under READ COMMITTED forked the chain)."""
+    st = db.open()
+    sid = st.create_session("s", "Dr A", "v1")
+    raw, ref = _masks()
+    cids = ",".join(str(st.add_case(sid, b"x%d" % i, f"x{i}.png", raw, ref)) for i in range(3))
+    procs = [subprocess.Popen([sys.executable, "-c", VERDICTS_FOR, str(root), db.url, str(db.data_dir), "3", cids,
+                               f"Dr {i}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for i in range(4)]
+    _start_together(procs)
+    counts = []
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0
+        counts.append(int(out.split()[-1]))
+    assert all(c > 0 for c in counts), counts  # every writer got its turn
+    assert len(st.verdicts(sid)) == sum(counts)
+    assert st.verify_audit() == 1 + 3 + sum(counts)
+    assert sorted(v["reviewer"] for v in st.verdicts(sid)) == sorted(
+        f"Dr {i}" for i, c in enumerate(counts) for _ in range(c))
+
+
 WRITER = r"""
 import sys, numpy as np
 sys.path.insert(0, sys.argv[1])
 from segcore.review import ReviewStore
-st = ReviewStore(data_dir=sys.argv[2])
-cid = int(sys.argv[3])
+st = ReviewStore(sys.argv[2], data_dir=sys.argv[3])
+cid = int(sys.argv[4])
 m = st.mask(cid).copy()
 print("ready", flush=True)
 i = 0
@@ -282,26 +404,28 @@ while True:
 """
 
 
-def test_kill_during_writes_leaves_consistent_state(tmp_path, root):
-    st = _store(tmp_path)
+def test_kill_during_writes_leaves_consistent_state(db, root):
+    st = db.open()
     sid = st.create_session("s", "Dr A", "v1")
     raw, ref = _masks()
     cid = st.add_case(sid, b"x", "x.png", raw, ref)
-    p = subprocess.Popen([sys.executable, "-c", WRITER, str(root), str(tmp_path), str(cid)], stdout=subprocess.PIPE)
+    p = subprocess.Popen([sys.executable, "-c", WRITER, str(root), db.url, str(db.data_dir), str(cid)],
+                         stdout=subprocess.PIPE)
     assert p.stdout.readline().strip() == b"ready"
     time.sleep(1.5)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    st2 = ReviewStore(data_dir=tmp_path)
+    st2 = db.open()
     vs = st2.verdicts(sid)
     assert len(vs) > 0
     n_audit = st2.verify_audit()  # rows cross-checked, chain and signed head verified
     assert n_audit == 2 + len(vs)  # every stored verdict has its audit record, nothing half-written
     for v in vs:
         st2.accepted_mask(v["id"])  # each verdict's mask version exists
-    con = sqlite3.connect(tmp_path / "review.db")
-    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    con.close()
+    if db.kind == "sqlite":
+        con = sqlite3.connect(db.data_dir / "review.db")
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        con.close()
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -319,7 +443,7 @@ def test_rle_matches_pycocotools(seed):
     assert int(mask_utils.area(coco)) == int(m.sum())
 
 
-def test_export_session_contents(tmp_path, root):
+def test_export_session_contents(db, root):
     import csv
     import io
     import json
@@ -327,7 +451,7 @@ def test_export_session_contents(tmp_path, root):
 
     from segcore.export import export_session, rle_decode
 
-    st = _store(tmp_path)
+    st = db.open()
     sid = st.create_session("export", "Dr A", "v1")
     scan_bytes = (root / "sample_data" / "demo" / "lung1_ct.nii.gz").read_bytes()
     raw = np.zeros((512, 512), np.uint8)
@@ -358,14 +482,14 @@ def test_export_session_contents(tmp_path, root):
     assert b"data:image/png;base64," in z.read("report.html")
 
 
-def test_export_names_are_slugs_and_csv_cells_cannot_be_formulas(tmp_path):
+def test_export_names_are_slugs_and_csv_cells_cannot_be_formulas(db):
     import csv
     import io
     import zipfile
 
     from segcore.export import export_session
 
-    st = _store(tmp_path)
+    st = db.open()
     sid = st.create_session("s", "Dr A", "v1")
     raw, ref = _masks()
     cid = st.add_case(sid, b"x", "x.png", raw, ref)
@@ -386,11 +510,11 @@ def test_export_names_are_slugs_and_csv_cells_cannot_be_formulas(tmp_path):
     assert rows[1]["reviewer"] == "'@SUM(1+1)" and rows[1]["comment"].startswith("'-2+3")
 
 
-def test_submit_verdict_orders_writes_so_failures_leave_nothing_half_done(tmp_path, monkeypatch):
+def test_submit_verdict_orders_writes_so_failures_leave_nothing_half_done(db, tmp_path, monkeypatch):
     from segcore.review import submit_verdict
     from segcore.store import Workspace
 
-    st, ws = _store(tmp_path), Workspace(tmp_path / "ws")
+    st, ws = db.open(), Workspace(tmp_path / "ws")
     sid = st.create_session("s", "Dr A", "v1")
     raw, ref = _masks()
     long_name = "scan." + "x" * 300  # used to crash the page after the verdict was stored
