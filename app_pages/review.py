@@ -27,7 +27,7 @@ if refusal:
     st.warning(f"{refusal} Reviews are open to reviewers and admins.")
     st.stop()
 me = reviewer.subject
-version, model, mconfig = resources.model_for()
+version, model, mconfig = resources.predictor_for()  # compiled runtime for segmenting the queue
 names = mconfig.class_names
 
 # ---------------------------------------------------------------- session

@@ -23,5 +23,10 @@ import segcore.pipeline  # noqa: E402,F401
 if __name__ == "__main__":
     from streamlit.web.cli import main
 
+    from segcore.runtime import load_predictor
+
+    # export the shipped model to the compiled runtime once (cached beside it), so no page view waits for that
+    load_predictor(ROOT / "sample_data" / "models" / "default")[0].load()
+
     sys.argv = ["streamlit", "run", str(ROOT / "app.py"), *sys.argv[1:]]
     sys.exit(main())

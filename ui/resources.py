@@ -40,18 +40,30 @@ def review_store():
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
 def _load_model(path: str, mtime: float):
-    from segcore.models import load_model
+    """``(keras model, compiled predictor, config)``: the predictor (segcore.runtime, OpenVINO f32 by default:
+    Keras' masks, several times faster) runs the pipeline; the Keras model serves MC dropout and fine-tuning."""
+    from segcore.runtime import load_predictor
 
-    return load_model(path)
+    predictor, model, config = load_predictor(path)
+    return model, predictor, config
 
 
 def model_for(version: str | None = None):
-    """``(version, model, config)`` for a version (the active one by default)."""
+    """``(version, keras model, config)`` for a version (the active one by default)."""
     ws = workspace()
     version = version or ws.active_version()
     path = ws.model_dir(version)
-    model, config = _load_model(str(path), (path / "model.keras").stat().st_mtime)
+    model, _, config = _load_model(str(path), (path / "model.keras").stat().st_mtime)
     return version, model, config
+
+
+def predictor_for(version: str | None = None):
+    """``(version, predictor, config)``: what segments in the app (compiled runtime, Keras as fallback)."""
+    ws = workspace()
+    version = version or ws.active_version()
+    path = ws.model_dir(version)
+    _, predictor, config = _load_model(str(path), (path / "model.keras").stat().st_mtime)
+    return version, predictor, config
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -72,8 +84,8 @@ def _refine_from_key(key: str) -> RefineConfig:
 
 @st.cache_data(max_entries=32, show_spinner="Segmenting…")
 def prediction(scan_key: str, version: str, slice_index: int | None, _scan: Scan) -> Prediction:
-    _, model, config = model_for(version)
-    return predict(_scan, model, config, slice_index=slice_index)
+    _, predictor, config = predictor_for(version)
+    return predict(_scan, predictor, config, slice_index=slice_index)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -126,8 +138,8 @@ def instance_card() -> dict:
 def _all_slices(scan_key: str, version: str, refine: str, _scan: Scan):
     from segcore.pipeline import segment_all_slices
 
-    _, model, config = model_for(version)
-    return segment_all_slices(_scan, model, config, _refine_from_key(refine))
+    _, predictor, config = predictor_for(version)
+    return segment_all_slices(_scan, predictor, config, _refine_from_key(refine))
 
 
 def all_slices(scan_key: str, scan: Scan, version: str, refine: RefineConfig):
