@@ -30,6 +30,7 @@ __all__ = [
     "FineTuneResult",
     "InstanceTrainConfig",
     "augment_pair",
+    "diameter_range",
     "evaluate_ap",
     "fine_tune_instances",
     "load_instance_split",
@@ -159,6 +160,17 @@ def evaluate_ap(model: MaskRCNN, samples: list[InstanceSample], by_group: bool =
 
 
 # ---------------------------------------------------------------- training
+
+def diameter_range(samples: list[InstanceSample], config: MaskRCNNConfig) -> tuple[float, float]:
+    """10th-90th percentile of the training objects' equivalent diameters (model pixels), within the anchors'
+    range: the object sizes the model is trained for (``config.object_diameter_range``)."""
+    d = object_diameters(samples)
+    lo_a, hi_a = config.anchor_object_range
+    if len(d) == 0:
+        return config.object_diameter_range
+    lo, hi = (float(v) for v in np.percentile(d, (10, 90)))
+    return round(min(max(lo, lo_a), hi_a), 1), round(max(min(hi, hi_a), lo_a), 1)
+
 
 def _weights(model: MaskRCNN) -> list:
     return [getattr(model, p).get_weights() for p in MaskRCNN._PARTS]
@@ -363,6 +375,7 @@ def train_from_coco(coco, out_dir, *, val_coco=None, val_fraction: float = 0.2, 
         model = model.reconfigured(class_names=names, pixel_scale=pixel_scale, normalisation="percentile")
     else:
         model = MaskRCNN(MaskRCNNConfig(class_names=names, num_classes=len(names), pixel_scale=pixel_scale))
+    model = model.reconfigured(object_diameter_range=diameter_range(train, model.config))
     log(json.dumps({"train_images": len(train), "train_objects": sum(s.n_objects for s in train),
                     "val_images": len(val), "val_objects": sum(s.n_objects for s in val), "classes": names,
                     "init": str(init) if init else "scratch"}))
@@ -393,9 +406,7 @@ def train_maskrcnn(data_dir, out_dir, *, steps=2500, batch_size=4, learning_rate
             model = model.reconfigured(class_names=("background", "object"))
     else:
         model = MaskRCNN(MaskRCNNConfig())
-    diam = object_diameters(train)
-    model = model.reconfigured(object_diameter_range=(round(float(np.percentile(diam, 5)), 1),
-                                                      round(float(np.percentile(diam, 95)), 1)))
+    model = model.reconfigured(object_diameter_range=diameter_range(train, model.config))
     cfg = InstanceTrainConfig(steps=steps, batch_size=batch_size, learning_rate=learning_rate, seed=seed,
                               max_seconds=max_seconds, eval_every=eval_every, patience=patience)
     result = train_instances(model, train, val, cfg, log=log)
