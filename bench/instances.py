@@ -168,6 +168,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=str(ROOT / "sample_data" / "models" / "maskrcnn"))
     ap.add_argument("--compare-model", default=None, help="also score this model folder (e.g. a previous version)")
+    ap.add_argument("--compare-label", default=None, help="what --compare-model is (e.g. 'v1, git show REV:path')")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "instances.json"))
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny grid, 1-epoch U-Nets (not for results)")
     args = ap.parse_args()
@@ -198,7 +199,7 @@ def main():
                                for s in v] for k, v in tests.items()}
         else:
             tests_other = tests
-        res["compare_model"] = {"path": args.compare_model, "input": note,
+        res["compare_model"] = {"path": args.compare_model, "label": args.compare_label, "input": note,
                                 **{k: eval_maskrcnn(other, v, False)["whole"] for k, v in tests_other.items()}}
     epochs = 1 if args.quick else 30
     ph_unet, ph_s = train_unet(phantom_samples("train"), epochs=epochs)
@@ -212,6 +213,8 @@ def main():
     res["timing_512"] = timing_512(model, tests["phantom_scenes"])
     res["command"] = "flock /tmp/segcore-cpu.lock .venv/bin/python bench/instances.py" + (
         f" --compare-model {args.compare_model}" if args.compare_model else "")
+    res["model"] = {"path": args.model, "train_log": json.loads((Path(args.model) / "train_log.json").read_text())
+                    .get("best")}
     text = json.dumps(res, indent=1)
     print(text)
     Path(args.out).write_text(text)

@@ -46,7 +46,8 @@ __all__ = [
 class InstanceTrainConfig:
     """Settings of :func:`train_instances`.
 
-    ``scale_jitter``: crops are taken at ``pixel_scale * exp(U(-j, j))``.
+    ``scale_jitter``: crops are taken at ``pixel_scale * exp(U(-j, j))``. The learning rate drops tenfold
+    at ``lr_drop_at`` of ``steps`` or of ``max_seconds``, whichever comes first.
     ``patience``: evaluations (every ``eval_every`` steps) without a better
     validation AP50 before stopping. ``max_seconds``: wall-clock budget.
     """
@@ -236,10 +237,13 @@ def train_instances(model: MaskRCNN, train: list[InstanceSample], val: list[Inst
 
     best_ap = evaluate(0) if val else -1.0
     best_w, best_step, since = _weights(model), 0, 0
-    it = 0
+    it, dropped = 0, False
     for it in range(1, cfg.steps + 1):
-        if it == int(cfg.steps * cfg.lr_drop_at):
+        late = cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.lr_drop_at * cfg.max_seconds
+        if not dropped and (it >= int(cfg.steps * cfg.lr_drop_at) or late):
             model.optimizer.learning_rate.assign(cfg.learning_rate * 0.1)
+            dropped = True
+            log(json.dumps({"learning_rate": cfg.learning_rate * 0.1, "step": it}))
         imgs, idss, clss = [], [], []
         for i in rng.choice(len(train), cfg.batch_size, p=p):
             s = train[i]
