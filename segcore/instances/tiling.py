@@ -58,7 +58,7 @@ def tile_grid(shape: tuple[int, int], tile: int, overlap: int) -> list[Window]:
     """Windows of side ``tile`` (smaller only where the image is) overlapping by at least ``overlap``.
 
     >>> [(w.y0, w.y1, w.cy0, w.cy1) for w in tile_grid((300, 100), 128, 32)][:3]
-    [(0, 128, -inf, 112.0), (96, 224, 112.0, 208.0), (172, 300, 208.0, inf)]
+    [(0, 128, -inf, 112.0), (96, 224, 112.0, 198.0), (172, 300, 198.0, inf)]
     """
     h, w = (int(v) for v in shape[:2])
     if tile < 16 or not 0 <= overlap < tile:
