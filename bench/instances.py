@@ -121,7 +121,7 @@ def eval_classical(unet, val, tests: dict):
 
     scale = val[0].pixel_scale
     base = ClassicalConfig(scale=1.0, min_size=max(4, int(10 / scale**2)))
-    probs_val = [unet_probability(unet, s) for s in val]
+    probs_val = None if unet is None else [unet_probability(unet, s) for s in val]
     t0 = time.perf_counter()
     best, table = tune_classical([s.image for s in val], [s.ids for s in val], GRID, probs_val, base)
     tune_s = time.perf_counter() - t0
@@ -129,7 +129,7 @@ def eval_classical(unet, val, tests: dict):
     out = {"chosen": {k: getattr(best, k) for k in GRID}, "grid": GRID, "n_settings": len(table),
            "val_AP50_best": max(r["AP50"] for r in table), "tune_seconds": round(tune_s, 1), "test": {}}
     for name, samples in tests.items():
-        probs = [unet_probability(unet, s) for s in samples]
+        probs = [None if unet is None else unet_probability(unet, s) for s in samples]
         out["test"][name] = {
             "tuned": ap_both([s.ids for s in samples], [classical_predict(s.image, best, p)
                                                         for s, p in zip(samples, probs)]),
@@ -171,6 +171,9 @@ def main():
     ap.add_argument("--compare-label", default=None, help="what --compare-model is (e.g. 'v1, git show REV:path')")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "instances.json"))
     ap.add_argument("--quick", action="store_true", help="smoke run: tiny grid, 1-epoch U-Nets (not for results)")
+    ap.add_argument("--otsu-only", action="store_true", help="classical baseline with Otsu foreground only "
+                    "(no U-Net training)")
+    ap.add_argument("--no-timing", action="store_true", help="skip the timed part (for runs outside the CPU lock)")
     args = ap.parse_args()
     if args.quick:
         GRID.update({"sigma": [1.0], "min_distance": [3], "h": [0.0], "compactness": [0.0]})
@@ -202,16 +205,23 @@ def main():
         res["compare_model"] = {"path": args.compare_model, "label": args.compare_label, "input": note,
                                 **{k: eval_maskrcnn(other, v, False)["whole"] for k, v in tests_other.items()}}
     epochs = 1 if args.quick else 30
-    ph_unet, ph_s = train_unet(phantom_samples("train"), epochs=epochs)
-    sd_unet, sd_s = train_unet(sd["train"], epochs=epochs)
+    if args.otsu_only:
+        GRID["foreground"] = ["otsu"]
+        UNTUNED["foreground"] = "otsu"
+        ph_unet = sd_unet = None
+        ph_s = sd_s = 0.0
+    else:
+        ph_unet, ph_s = train_unet(phantom_samples("train"), epochs=epochs)
+        sd_unet, sd_s = train_unet(sd["train"], epochs=epochs)
     res["classical"] = {
         "phantoms": eval_classical(ph_unet, phantom_samples("val"),
                                    {"phantoms": tests["phantoms"], "phantom_scenes": tests["phantom_scenes"]}),
         "stardist": eval_classical(sd_unet, sd["val"],
                                    {"stardist": tests["stardist"], "stardist_strip": tests["stardist_strip"]}),
         "unet_train_seconds": {"phantoms": round(ph_s, 1), "stardist": round(sd_s, 1)}}
-    res["timing_512"] = timing_512(model, tests["phantom_scenes"])
-    res["command"] = "flock /tmp/segcore-cpu.lock .venv/bin/python bench/instances.py" + (
+    res["timing_512"] = None if args.no_timing else timing_512(model, tests["phantom_scenes"])
+    res["command"] = "flock /tmp/segcore-cpu.lock .venv/bin/python bench/instances.py" + "".join(
+        f" {flag}" for flag, on in (("--otsu-only", args.otsu_only), ("--no-timing", args.no_timing)) if on) + (
         f" --compare-model {args.compare_model}" if args.compare_model else "")
     res["model"] = {"path": args.model, "train_log": json.loads((Path(args.model) / "train_log.json").read_text())
                     .get("best")}

@@ -57,9 +57,10 @@ def instances_section(ins):
                 + ", ".join(f"{k} AP50 {f(cm[k]['AP50'])}" for k in ins["datasets"]) + ".", ""]
     tm = ins["timing_512"]
     cfg = mr["config"]
-    out += [f"Time per 512×512 image (2 CPU cores, median of {tm['runs']}): Mask R-CNN {tm['maskrcnn_ms_median']} ms "
-            f"(p90 {tm['maskrcnn_ms_p90']} ms); classical (Otsu) {tm['classical_otsu_ms_median']} ms. "
-            f"Anchors {cfg['anchor_sizes']} px (proposals for objects about {cfg['anchor_object_range'][0]:.0f}-"
+    timing = (f"Time per 512×512 image (2 CPU cores, median of {tm['runs']}): Mask R-CNN {tm['maskrcnn_ms_median']} "
+              f"ms (p90 {tm['maskrcnn_ms_p90']} ms); classical (Otsu) {tm['classical_otsu_ms_median']} ms. " if tm
+              else "Time per 512×512 image: not measured in this run. ")
+    out += [timing + f"Anchors {cfg['anchor_sizes']} px (proposals for objects about {cfg['anchor_object_range'][0]:.0f}-"
             f"{cfg['anchor_object_range'][1]:.0f} px); trained on objects {cfg['object_diameter_range'][0]}-"
             f"{cfg['object_diameter_range'][1]} px across; up to {cfg['max_detections']} detections per image. "
             f"Command: `{ins['command']}`.", ""]
