@@ -29,8 +29,8 @@ def instances_section(ins):
            "*Tiled* = the image cut into 128-model-pixel tiles, each detected and scored as its own image against "
            "the ground truth cut the same way (shown where an image is larger than one tile). The classical "
            "pipeline (Otsu or U-Net foreground, distance-transform seeds with `min_distance` and h-maxima, "
-           "compact watershed) is grid-searched on each data set's validation split; *untuned* is the single "
-           "setting used before. AP from segcore's NumPy COCO evaluation; pycocotools gives the same figures in "
+           "compact watershed) is grid-searched on each data set's validation split; *untuned* is one fixed "
+           "setting (σ 1, min_distance 3, no h-maxima, no compactness), close to the one used before. AP from segcore's NumPy COCO evaluation; pycocotools gives the same figures in "
            "the same run (columns checked below). StarDist: real nuclei (BSD-3), test = the right part "
            "(columns 28-56) of all 31 slices, never trained on, detected at pixel_scale 2; `stardist_strip` is the "
            "same 31 parts side by side as one wide image; `phantom_scenes` are 512×512 scenes with 100+ blobs.", "",
