@@ -193,6 +193,25 @@ def _cmd_train_interactive(args) -> int:
     return 0
 
 
+def _cmd_train_instances(args) -> int:
+    from .instances.train import InstanceTrainConfig, train_from_coco, train_maskrcnn
+
+    init = None if args.from_scratch else args.init
+    seconds = args.max_minutes * 60 if args.max_minutes else None
+    if args.coco:
+        cfg = InstanceTrainConfig(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+                                  eval_every=args.eval_every, patience=args.patience, seed=args.seed,
+                                  max_seconds=seconds)
+        train_from_coco(args.coco, args.out or "models/maskrcnn_coco", val_coco=args.val_coco,
+                        val_fraction=args.val_fraction, pixel_scale=args.pixel_scale, init=init, config=cfg)
+    else:
+        train_maskrcnn(args.data, args.out or "sample_data/models/maskrcnn", steps=args.steps,
+                       batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+                       stardist_dir=args.stardist or None, init=init, max_seconds=seconds,
+                       eval_every=args.eval_every, patience=args.patience)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m segcore", description="segcore command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -272,14 +291,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="sample_data/instances")
     p.set_defaults(func=lambda a: print(__import__("segcore.instances.data", fromlist=["x"]).write_instance_set(a.out)))
 
-    p = sub.add_parser("train-instances", help="train the compact Mask R-CNN on sample_data/instances")
-    p.add_argument("--data", default="sample_data/instances")
-    p.add_argument("--out", default="sample_data/models/maskrcnn")
-    p.add_argument("--steps", type=int, default=2500)
+    p = sub.add_parser("train-instances", help="train the compact Mask R-CNN (shipped recipe, or on a COCO file)")
+    p.add_argument("--coco", default=None, help="COCO instances JSON (images relative to it; polygons or RLE, "
+                   "several classes, crowd annotations skipped). Without it: the shipped model's recipe "
+                   "(blob phantoms + the StarDist training slices)")
+    p.add_argument("--val-coco", default=None, help="validation COCO JSON (default: hold out --val-fraction)")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--pixel-scale", type=float, default=1.0, help="resize factor of the --coco images so that "
+                   "objects are 10-60 px across (stored in the model as its default)")
+    p.add_argument("--data", default="sample_data/instances", help="phantom folder (recipe)")
+    p.add_argument("--stardist", default="../shared/data/stardist", help="StarDist folder for the recipe ('' : none)")
+    p.add_argument("--init", default="sample_data/models/maskrcnn", help="resume from this model folder")
+    p.add_argument("--from-scratch", action="store_true", help="ignore --init and start from random weights")
+    p.add_argument("--out", default=None, help="output model folder (default: sample_data/models/maskrcnn for the "
+                   "recipe, models/maskrcnn_coco with --coco)")
+    p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.set_defaults(func=lambda a: __import__("segcore.instances.train", fromlist=["x"]).train_maskrcnn(
-        a.data, a.out, steps=a.steps, batch_size=a.batch_size, learning_rate=a.lr) and 0)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--patience", type=int, default=4, help="evaluations without a better validation AP50")
+    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock budget")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_train_instances)
 
     p = sub.add_parser("train-interactive", help="train the click/box segmentation network (seeded)")
     p.add_argument("--out", default="sample_data/models/interactive")

@@ -7,7 +7,15 @@ FCN mask head predicting 28x28 masks per class, trained with the paper's
 multi-task loss (RPN cls + RPN box + cls + box + mask).
 
 Boxes are ``(y1, x1, y2, x2)`` in image pixels (edges at integer coordinates).
-Images are ``B,S,S,1`` float32 in [0, 1] with ``S = config.image_size``.
+Training batches are ``B,S,S,1`` float32, already normalised
+(:func:`~segcore.instances.preprocess.normalise_intensity`), with
+``S = config.image_size``. :meth:`MaskRCNN.detect` takes one raw 2-D image of
+any size and dtype: it normalises the whole image, optionally rescales it by
+``pixel_scale`` so that objects fall in the model's size range
+(``config.object_diameter_range``), runs the fully convolutional network on
+overlapping windows of ``config.tile_size`` pixels and merges the windows'
+detections (see :mod:`segcore.instances.tiling`). An image with no objects
+gives empty arrays.
 """
 
 from __future__ import annotations
@@ -16,15 +24,25 @@ import dataclasses
 import json
 from pathlib import Path
 
-import cv2
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from .preprocess import NORMALISATIONS, normalise_intensity, rescale
+from .tiling import crops_to_dense, paste_mask, suppress_duplicates, tile_grid
+
 __all__ = [
-    "MaskRCNNConfig", "generate_anchors", "encode_boxes", "decode_boxes", "iou_matrix", "roi_align",
-    "rpn_targets", "MaskRCNN", "build_maskrcnn", "smooth_l1",
+    "MaskRCNN",
+    "MaskRCNNConfig",
+    "build_maskrcnn",
+    "decode_boxes",
+    "encode_boxes",
+    "generate_anchors",
+    "iou_matrix",
+    "roi_align",
+    "rpn_targets",
+    "smooth_l1",
 ]
 
 BOX_STD = np.array([0.1, 0.1, 0.2, 0.2], np.float32)
@@ -32,40 +50,89 @@ BOX_STD = np.array([0.1, 0.1, 0.2, 0.2], np.float32)
 
 @dataclasses.dataclass
 class MaskRCNNConfig:
+    """Architecture, training and detection settings; saved as ``config.json`` beside the weights.
+
+    ``anchor_sizes`` (pixels, at the model's scale, one per FPN level) with
+    ``anchor_ratios`` bound the object sizes the model can propose:
+    :attr:`anchor_object_range`. ``object_diameter_range`` is the range of
+    equivalent diameters (model pixels) of the objects it was trained on;
+    :meth:`MaskRCNN.detect` rescales images by ``pixel_scale`` so that objects
+    land in it. ``normalisation`` is ``"percentile"`` (raw values mapped with
+    the image's ``percentiles``) or ``"none"`` (inputs already in [0, 1]).
+    """
+
     image_size: int = 128
     num_classes: int = 2  # background included
-    class_names: tuple = ("background", "lesion")
+    class_names: tuple = ("background", "object")
     strides: tuple = (4, 8, 16)
     anchor_sizes: tuple = (12, 24, 48)
     anchor_ratios: tuple = (0.5, 1.0, 2.0)
     fpn_channels: int = 64
     rpn_batch: int = 128
     rpn_pos_fraction: float = 0.5
-    pre_nms: int = 600
+    pre_nms: int = 600  # proposals per image_size**2 pixels (scaled with the window's area at detection)
     post_nms: int = 100
     roi_batch: int = 64
     roi_pos_fraction: float = 0.25
-    max_instances: int = 16
+    max_instances: int = 64
     detection_score: float = 0.5
     detection_nms: float = 0.4
-    max_detections: int = 30
+    max_detections: int = 1000
+    tile_size: int = 512
+    tile_overlap: int = 96
+    normalisation: str = "percentile"
+    percentiles: tuple = (1.0, 99.8)
+    pixel_scale: float = 1.0  # default scale for detect() (the scale the model's own data was trained at)
+    object_diameter_range: tuple = (10.0, 60.0)
+
+    def __post_init__(self):
+        if self.num_classes != len(self.class_names):
+            raise ValueError(f"num_classes ({self.num_classes}) must equal len(class_names) "
+                             f"({len(self.class_names)}: {tuple(self.class_names)}).")
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(f"Unknown normalisation '{self.normalisation}': expected one of {NORMALISATIONS}.")
+        if self.tile_size % 16 or self.tile_size < self.image_size or not 0 <= self.tile_overlap < self.tile_size:
+            raise ValueError(f"tile_size must be a multiple of 16 and >= image_size ({self.image_size}), and "
+                             f"0 <= tile_overlap < tile_size. Got tile_size={self.tile_size}, "
+                             f"tile_overlap={self.tile_overlap}.")
+        if self.max_detections < 1:
+            raise ValueError(f"max_detections must be >= 1. Got {self.max_detections}.")
+
+    @property
+    def anchor_object_range(self) -> tuple[float, float]:
+        """Smallest and largest anchor side (model pixels): objects far outside cannot be proposed well."""
+        r = np.asarray(self.anchor_ratios, np.float64)
+        sides = np.concatenate([np.asarray(self.anchor_sizes, np.float64)[:, None] * np.sqrt(r)[None],
+                                np.asarray(self.anchor_sizes, np.float64)[:, None] / np.sqrt(r)[None]])
+        return float(sides.min()), float(sides.max())
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)
 
+    @classmethod
+    def from_dict(cls, raw: dict) -> MaskRCNNConfig:
+        raw = dict(raw)
+        raw.setdefault("normalisation", "none")  # models saved before normalisation existed took [0, 1] input
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"Unknown Mask R-CNN config keys {unknown}: expected a subset of {sorted(known)}.")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
 
 # ---------------------------------------------------------------- boxes and anchors
 
-def generate_anchors(image_size: int, strides, sizes, ratios) -> np.ndarray:
+def generate_anchors(image_size, strides, sizes, ratios) -> np.ndarray:
     """``(N, 4)`` anchors, level by level, row-major over positions, ratios fastest.
 
-    At each position of a level with stride ``s`` the anchors are centred on
+    ``image_size`` is an int (square) or ``(H, W)``. At each position of a
+    level with stride ``s`` the anchors are centred on
     ``((i + 0.5) s, (j + 0.5) s)`` with area ``size**2`` and ``h / w = ratio``.
     """
+    hh, ww = (image_size, image_size) if np.isscalar(image_size) else image_size
     out = []
     for s, size in zip(strides, sizes):
-        f = image_size // s
-        cy, cx = np.meshgrid((np.arange(f) + 0.5) * s, (np.arange(f) + 0.5) * s, indexing="ij")
+        cy, cx = np.meshgrid((np.arange(hh // s) + 0.5) * s, (np.arange(ww // s) + 0.5) * s, indexing="ij")
         per = []
         for r in ratios:
             h, w = size * np.sqrt(r), size / np.sqrt(r)
@@ -125,8 +192,10 @@ def roi_align(features, boxes, box_indices, crop_size: int, stride: float):
     box edge to box edge (crop_and_resize's corner-aligned convention),
     bilinearly.
     """
-    f = tf.cast(tf.shape(features)[1], tf.float32)
-    norm = (tf.cast(boxes, tf.float32) / stride - 0.5) / (f - 1.0)
+    fh = tf.cast(tf.shape(features)[1], tf.float32)
+    fw = tf.cast(tf.shape(features)[2], tf.float32)
+    scale = tf.stack([fh - 1.0, fw - 1.0, fh - 1.0, fw - 1.0])
+    norm = (tf.cast(boxes, tf.float32) / stride - 0.5) / scale
     return tf.image.crop_and_resize(features, norm, tf.cast(box_indices, tf.int32), (crop_size, crop_size))
 
 
@@ -170,7 +239,7 @@ def _res_block(x, filters, stride, name):
 
 
 def _backbone_fpn(config: MaskRCNNConfig) -> keras.Model:
-    inp = keras.Input((config.image_size, config.image_size, 1), name="image")
+    inp = keras.Input((None, None, 1), name="image")  # fully convolutional: sides must be multiples of 16
     x = layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", kernel_initializer="he_normal",
                       name="stem")(inp)
     c2 = _res_block(_res_block(x, 48, 2, "c2a"), 48, 1, "c2b")
@@ -231,6 +300,7 @@ class MaskRCNN:
         self.mask_head = _mask_head(c)
         self.anchors = generate_anchors(c.image_size, c.strides, c.anchor_sizes, c.anchor_ratios)
         self._anchors_tf = tf.constant(self.anchors)
+        self._anchor_cache: dict = {}
         self.optimizer = None
 
     # -------------------------------------------------------- pieces
@@ -249,23 +319,35 @@ class MaskRCNN:
         return tf.concat(logits, 1), tf.concat(deltas, 1)
 
     def _level_crops(self, feats, boxes, box_idx, size):
-        """RoIAlign from the FPN level matched to each box's size (P2 < 24 px <= P3 < 48 px <= P4)."""
+        """RoIAlign from the FPN level matched to each box's size (P2 < anchor_sizes[1] <= P3 < anchor_sizes[2] <= P4)."""
+        t1, t2 = (float(v) for v in self.config.anchor_sizes[1:3])
         side = tf.sqrt(tf.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-6))
-        level = tf.where(side < 24.0, 0, tf.where(side < 48.0, 1, 2))
+        level = tf.where(side < t1, 0, tf.where(side < t2, 1, 2))
         crops = [roi_align(f, boxes, box_idx, size, s) for f, s in zip(feats, self.config.strides)]
         out = crops[0]
         for i in (1, 2):
             out = tf.where(tf.equal(level, i)[:, None, None, None], crops[i], out)
         return out
 
-    def _proposals(self, logits, deltas, n_keep):
+    def anchors_for(self, shape: tuple[int, int]) -> tf.Tensor:
+        """Anchors of a padded input of ``shape`` (cached per shape on this model)."""
+        key = (int(shape[0]), int(shape[1]))
+        if key not in self._anchor_cache:
+            c = self.config
+            self._anchor_cache[key] = tf.constant(generate_anchors(key, c.strides, c.anchor_sizes, c.anchor_ratios))
+        return self._anchor_cache[key]
+
+    def _proposals(self, logits, deltas, n_keep, anchors=None, clip_hw=None, pre_nms=None):
         """Per image: decode, clip, top-k, NMS -> ``(B, n_keep, 4)`` boxes and a validity mask."""
         c = self.config
+        anchors = self._anchors_tf if anchors is None else anchors
+        clip_hw = (c.image_size, c.image_size) if clip_hw is None else clip_hw
+        hi = tf.constant([clip_hw[0], clip_hw[1], clip_hw[0], clip_hw[1]], tf.float32)
         boxes_all, valid_all = [], []
         for i in range(logits.shape[0]):
             scores = tf.sigmoid(logits[i])
-            boxes = tf.clip_by_value(decode_boxes(self._anchors_tf, deltas[i]), 0.0, float(c.image_size))
-            k = min(c.pre_nms, int(self.anchors.shape[0]))
+            boxes = tf.minimum(tf.maximum(decode_boxes(anchors, deltas[i]), 0.0), hi)
+            k = min(pre_nms or c.pre_nms, int(anchors.shape[0]))
             top = tf.math.top_k(scores, k).indices
             b, s = tf.gather(boxes, top), tf.gather(scores, top)
             keep = tf.image.non_max_suppression(b, s, n_keep, iou_threshold=0.7)
@@ -364,66 +446,186 @@ class MaskRCNN:
 
         return step
 
-    def prepare_batch(self, images, id_maps, rng):
-        """NumPy inputs of :meth:`losses` from images ``B,S,S`` and instance-id maps."""
+    def prepare_batch(self, images, id_maps, rng, classes=None):
+        """NumPy inputs of :meth:`losses` from normalised images ``B,S,S`` and instance-id maps ``B,S,S``.
+
+        ``classes``: per image, a mapping from instance id to class index (1 for every instance when omitted).
+        """
         from .data import instances_to_targets
 
         c = self.config
         out = [[] for _ in range(7)]
-        for img, ids in zip(images, id_maps):
-            boxes, masks, classes, valid = instances_to_targets(ids, c.max_instances)
+        for k, (img, ids) in enumerate(zip(images, id_maps)):
+            boxes, masks, classes_k, valid = instances_to_targets(ids, c.max_instances,
+                                                                  None if classes is None else classes[k])
             lab, dt = rpn_targets(self.anchors, boxes[valid > 0], c, rng)
-            for lst, v in zip(out, (img[..., None], lab, dt, boxes, classes, valid, masks)):
+            for lst, v in zip(out, (img[..., None], lab, dt, boxes, classes_k, valid, masks)):
                 lst.append(v)
         return tuple(tf.constant(np.stack(v)) for v in out)
 
     # -------------------------------------------------------- inference
-    def detect(self, image: np.ndarray) -> dict:
-        """Instances in one 2-D image (any size; resized to the model size and back).
+    def resolve_scale(self, pixel_scale: float | None = None, object_diameter: float | None = None) -> float:
+        """The factor an image is resized by before detection.
 
-        Returns ``{"boxes": (N,4) x,y,w,h, "scores": (N,), "classes": (N,), "masks": (N,H,W) bool}``.
+        ``pixel_scale`` wins; else ``object_diameter`` (typical object diameter
+        in the image's pixels) is mapped to the geometric centre of
+        ``config.object_diameter_range``; else ``config.pixel_scale``.
         """
         c = self.config
-        h0, w0 = image.shape[:2]
-        img = np.asarray(image, np.float32)
-        if img.ndim == 3:
-            img = img.mean(-1)
-        x = cv2.resize(img, (c.image_size, c.image_size), interpolation=cv2.INTER_AREA)[None, ..., None]
-        feats = self.backbone(x, training=False)
+        if pixel_scale is not None:
+            scale = float(pixel_scale)
+        elif object_diameter is not None:
+            if not object_diameter > 0:
+                raise ValueError(f"object_diameter must be positive (pixels). Got {object_diameter}.")
+            lo, hi = c.object_diameter_range
+            scale = float(np.sqrt(lo * hi) / object_diameter)
+        else:
+            scale = float(c.pixel_scale)
+        if not 0.05 <= scale <= 20:
+            raise ValueError(f"pixel_scale must be in [0.05, 20]. Got {scale}.")
+        return scale
+
+    def _detect_window(self, x: np.ndarray, max_detections: int):
+        """Detections in one normalised window ``h,w`` (padded with zeros to multiples of 16, at least image_size).
+
+        Returns boxes ``(N,4)`` y1x1y2x2 in window pixels, scores, classes and soft 28x28 masks.
+        """
+        c = self.config
+        h, w = x.shape
+        ph = max(c.image_size, -(-h // 16) * 16)
+        pw = max(c.image_size, -(-w // 16) * 16)
+        padded = np.zeros((1, ph, pw, 1), np.float32)
+        padded[0, :h, :w, 0] = x
+        area = ph * pw / float(c.image_size ** 2)
+        feats = self.backbone(padded, training=False)
         logits, deltas = self._rpn_outputs(feats)
-        props, pvalid = self._proposals(logits, deltas, c.post_nms)
+        props, pvalid = self._proposals(logits, deltas, int(np.ceil(c.post_nms * area)), self.anchors_for((ph, pw)),
+                                        (h, w), int(np.ceil(c.pre_nms * area)))
         props = tf.boolean_mask(props[0], pvalid[0] > 0)
+        none = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32),
+                np.zeros((0, 28, 28), np.float32))
         if int(tf.shape(props)[0]) == 0:
-            return _empty(h0, w0)
+            return none
         bidx = tf.zeros(tf.shape(props)[:1], tf.int32)
         cls_logits, box_d = self.box_head(self._level_crops(feats, props, bidx, 7), training=False)
         probs = tf.nn.softmax(cls_logits).numpy()
         cls = probs[:, 1:].argmax(1) + 1
         score = probs[np.arange(len(cls)), cls]
         box_d = tf.reshape(box_d, (-1, c.num_classes, 4)).numpy()[np.arange(len(cls)), cls]
-        boxes = np.clip(decode_boxes(props.numpy(), box_d), 0, c.image_size)
-        keep = score >= c.detection_score
+        boxes = np.clip(decode_boxes(props.numpy(), box_d), 0, [h, w, h, w]).astype(np.float32)
+        keep = (score >= c.detection_score) & (boxes[:, 2] - boxes[:, 0] > 0.5) & (boxes[:, 3] - boxes[:, 1] > 0.5)
         boxes, score, cls = boxes[keep], score[keep], cls[keep]
         if len(boxes) == 0:
-            return _empty(h0, w0)
-        sel = tf.image.non_max_suppression(boxes, score, c.max_detections, iou_threshold=c.detection_nms).numpy()
+            return none
+        sel = tf.image.non_max_suppression(boxes, score, max_detections, iou_threshold=c.detection_nms).numpy()
         boxes, score, cls = boxes[sel], score[sel], cls[sel]
         m = self.mask_head(self._level_crops(feats, tf.constant(boxes), tf.zeros(len(boxes), tf.int32), 14),
                            training=False)
         m = tf.sigmoid(m).numpy()[np.arange(len(cls)), :, :, cls]  # N,28,28
-        sy, sx = h0 / c.image_size, w0 / c.image_size
-        masks = np.zeros((len(boxes), h0, w0), bool)
-        out_boxes = []
-        for k, (b, mk) in enumerate(zip(boxes, m)):
-            y1, x1, y2, x2 = b[0] * sy, b[1] * sx, b[2] * sy, b[3] * sx
-            iy1, ix1 = int(np.floor(y1)), int(np.floor(x1))
-            iy2, ix2 = int(np.ceil(y2)), int(np.ceil(x2))
-            hh, ww = max(iy2 - iy1, 1), max(ix2 - ix1, 1)
-            pasted = cv2.resize(mk, (ww, hh), interpolation=cv2.INTER_LINEAR) >= 0.5
-            masks[k, iy1:iy1 + hh, ix1:ix1 + ww] = pasted[: h0 - iy1, : w0 - ix1]
-            out_boxes.append([x1, y1, x2 - x1, y2 - y1])
-        return {"boxes": np.asarray(out_boxes, np.float32), "scores": score.astype(np.float32),
-                "classes": cls.astype(np.int32), "masks": masks}
+        return boxes, score.astype(np.float32), cls.astype(np.int32), m
+
+    def detect(self, image: np.ndarray, pixel_scale: float | None = None, *, object_diameter: float | None = None,
+               intensity_range: tuple[float, float] | None = None, tile_size: int | None = None,
+               tile_overlap: int | None = None, max_detections: int | None = None) -> dict:
+        """Instances in one 2-D image of any size, at its native resolution.
+
+        Parameters
+        ----------
+        image : np.ndarray
+            ``H,W`` or ``H,W,C``, raw values of any dtype (normalised here with
+            ``config.normalisation`` over the whole image).
+        pixel_scale : float, optional
+            Resize factor applied before detection (2.0: objects twice as wide
+            to the network); use it when objects are outside
+            ``config.object_diameter_range``. Default ``config.pixel_scale``.
+        object_diameter : float, optional
+            Typical object diameter in the image's pixels; sets the scale when
+            ``pixel_scale`` is not given (:meth:`resolve_scale`).
+        intensity_range : tuple of float, optional
+            Raw ``(low, high)`` mapped to 0 and 1 instead of the image's percentiles.
+        tile_size, tile_overlap : int, optional
+            Window side and overlap in model pixels (defaults from the config). Windows
+            are fully convolutional passes; detections are merged across windows.
+        max_detections : int, optional
+            Cap on returned instances (default ``config.max_detections``).
+
+        Returns
+        -------
+        dict
+            ``boxes`` ``(N,4)`` x,y,w,h in image pixels, ``scores`` ``(N,)``,
+            ``classes`` ``(N,)`` int (1..num_classes-1), ``masks`` ``(N,H,W)`` bool;
+            sorted by decreasing score.
+        """
+        c = self.config
+        limit = int(max_detections or c.max_detections)
+        if limit < 1:
+            raise ValueError(f"max_detections must be >= 1. Got {limit}.")
+        tile = int(tile_size or c.tile_size)
+        overlap = int(c.tile_overlap if tile_overlap is None else tile_overlap)
+        img = normalise_intensity(image, c.normalisation, c.percentiles, intensity_range)
+        h0, w0 = img.shape
+        scale = self.resolve_scale(pixel_scale, object_diameter)
+        x = img if scale == 1.0 else rescale(img, scale)
+        sy, sx = x.shape[0] / h0, x.shape[1] / w0
+        parts = []
+        for g, win in enumerate(tile_grid(x.shape, tile, overlap)):
+            boxes, score, cls, m = self._detect_window(x[win.y0:win.y1, win.x0:win.x1], limit)
+            boxes = boxes + np.array([win.y0, win.x0, win.y0, win.x0], np.float32)
+            own = win.owns((boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2)
+            parts.append((boxes[own], score[own], cls[own], m[own], np.full(int(own.sum()), g)))
+        boxes, score, cls, m, group = (np.concatenate(v) for v in zip(*parts))
+        if len(boxes) == 0:
+            return _empty(h0, w0)
+        boxes = boxes / np.array([sy, sx, sy, sx], np.float32)
+        crops = [paste_mask(mk, b, (h0, w0)) for mk, b in zip(m, boxes)]
+        keep = suppress_duplicates(boxes, score, crops, group, iou=0.5)
+        keep = np.asarray([k for k in keep if crops[k][2].any()], np.int64)[:limit]
+        if len(keep) == 0:
+            return _empty(h0, w0)
+        boxes, score, cls = boxes[keep], score[keep], cls[keep]
+        xywh = np.stack([boxes[:, 1], boxes[:, 0], boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]], 1)
+        return {"boxes": xywh.astype(np.float32), "scores": score.astype(np.float32),
+                "classes": cls.astype(np.int32), "masks": crops_to_dense([crops[k] for k in keep], (h0, w0))}
+
+    # -------------------------------------------------------- copies
+    def reconfigured(self, **changes) -> MaskRCNN:
+        """A new model with ``config`` fields replaced and this model's weights copied.
+
+        When the class list changes size, the class-dependent outputs (class
+        logits, per-class box deltas and mask logits) are warm-started: a new
+        class ``j`` starts from this model's class ``min(j, K - 1)``.
+        """
+        if "class_names" in changes:
+            changes["class_names"] = tuple(changes["class_names"])
+            changes.setdefault("num_classes", len(changes["class_names"]))
+        new = MaskRCNN(dataclasses.replace(self.config, **changes))
+        k_old, k_new = self.config.num_classes, new.config.num_classes
+        src = np.minimum(np.arange(k_new), k_old - 1)
+        for part in self._PARTS:
+            old_w, new_w = getattr(self, part).get_weights(), getattr(new, part).get_weights()
+            out = []
+            for a, b in zip(old_w, new_w):
+                if a.shape == b.shape:
+                    out.append(a.copy())
+                elif a.shape[-1] == k_old and b.shape[-1] == k_new:  # class logits / mask logits
+                    out.append(a[..., src].copy())
+                elif a.shape[-1] == 4 * k_old and b.shape[-1] == 4 * k_new:  # per-class box deltas
+                    out.append(a.reshape(*a.shape[:-1], k_old, 4)[..., src, :].reshape(b.shape).copy())
+                else:
+                    raise ValueError(f"Cannot carry weights of shape {a.shape} in '{part}' over to {b.shape}.")
+            getattr(new, part).set_weights(out)
+        return new
+
+    def copy(self) -> MaskRCNN:
+        """An independent copy (same config, same weights, no optimizer state)."""
+        return self.reconfigured()
+
+    def with_classes(self, class_names) -> MaskRCNN:
+        """A copy predicting ``class_names`` (background first), warm-started from this model's classes."""
+        names = tuple(class_names)
+        if len(names) < 2:
+            raise ValueError(f"class_names needs the background and at least one class. Got {names}.")
+        return self.reconfigured(class_names=names)
 
     # -------------------------------------------------------- persistence
     _PARTS = ("backbone", "rpn", "box_head", "mask_head")
@@ -444,12 +646,11 @@ class MaskRCNN:
         return d
 
     @classmethod
-    def load(cls, directory: str | Path) -> "MaskRCNN":
+    def load(cls, directory: str | Path) -> MaskRCNN:
         d = Path(directory)
         if not (d / "config.json").is_file():
             raise FileNotFoundError(f"No Mask R-CNN in '{d}': expected config.json and weights.npz.")
-        raw = json.loads((d / "config.json").read_text())
-        cfg = MaskRCNNConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+        cfg = MaskRCNNConfig.from_dict(json.loads((d / "config.json").read_text()))
         m = cls(cfg)
         if (d / "weights.npz").is_file():
             with np.load(d / "weights.npz") as z:
