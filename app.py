@@ -16,6 +16,7 @@ state.set_identity(identity)
 pages = [
     st.Page("app_pages/segment.py", title="Segment & compare", icon=":material/biotech:", default=True),
     st.Page("app_pages/correct.py", title="Correct", icon=":material/edit:"),
+    st.Page("app_pages/instances.py", title="Instances", icon=":material/scatter_plot:"),
     st.Page("app_pages/review.py", title="Review", icon=":material/fact_check:"),
     st.Page("app_pages/finetune.py", title="Fine-tune", icon=":material/model_training:"),
 ]

@@ -93,7 +93,15 @@ def viewer():
             heat, heat_title = resources.mc_dropout(key, cur.model_version, slice_index, image), "MC-dropout spread"
         except ValueError as exc:
             st.warning(str(exc))
-    det = resources.detections(key, slice_index, image) if view == "Instances" else None
+    det = None
+    if view == "Instances":
+        with ctl_col:
+            scale = st.slider("Object size (pixel scale)", 0.5, 4.0, float(resources.maskrcnn().config.pixel_scale),
+                              0.25, key="sc_inst_scale",
+                              help="Enlarges the image for the instance model: raise it when objects are smaller "
+                                   "than about 11 px across (the model's trained range is 11-25 px).")
+        iversion = resources.instance_workspace().active_version()
+        det = resources.detections(key, slice_index, scale, iversion, image)
     panels = view_panels(view, display, seg.raw, seg.refined, alpha, det)
     labels = instance_labels(det, display.shape, 560 / display.shape[0]) if det is not None else ()
     with fig_col:

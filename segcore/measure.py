@@ -14,7 +14,7 @@ from .metrics import dice, iou
 from .refine import component_table
 
 __all__ = ["class_table", "disagreement_map", "review_rows", "VERDICT_LABELS", "REASON_LABELS", "label",
-           "correction_label", "duplicate_groups", "candidate_table", "version_rows"]
+           "correction_label", "duplicate_groups", "candidate_table", "version_rows", "instance_table"]
 
 VERDICT_LABELS = {"accept": "Accepted", "accept_with_edits": "Accepted with edits", "reject": "Rejected"}
 REASON_LABELS = {"none": "—", "boundary_inaccurate": "Boundary inaccurate", "missed_lesion": "Missed lesion",
@@ -121,4 +121,18 @@ def version_rows(versions: dict, active: str | None) -> list[dict]:
                      "held-out mean Dice": round(ho.get("mean_foreground_dice", float("nan")), 4),
                      "trained on": len(info.get("trained_on", [])), "created": info.get("created_at", ""),
                      "by": info.get("created_by", ""), "note": info.get("note", "")})
+    return rows
+
+
+def instance_table(ids: np.ndarray, spacing: Sequence[float] | None = None) -> list[dict]:
+    """One row per instance of an id map: id, area (px, mm²), bounding box, centroid."""
+    a = np.asarray(ids)
+    rows = []
+    for lab in (int(v) for v in np.unique(a) if v != 0):
+        rr, cc = np.nonzero(a == lab)
+        rows.append({"instance": lab, "area (px)": int(rr.size),
+                     "area (mm²)": round(rr.size * float(spacing[0]) * float(spacing[1]), 1) if spacing else None,
+                     "box (x, y, w, h)": (int(cc.min()), int(rr.min()), int(cc.max() - cc.min() + 1),
+                                          int(rr.max() - rr.min() + 1)),
+                     "centroid (x, y)": (round(float(cc.mean()), 1), round(float(rr.mean()), 1))})
     return rows

@@ -170,15 +170,13 @@ def segment_many(scans: Sequence[Scan], model, config, refine: RefineConfig | bo
     return [segment(s, model, config, refine, **kwargs) for s in scans]
 
 
-def detect_instances(maskrcnn, image: np.ndarray) -> dict:
-    """Instances on a 2-D slice in raw values: a percentile window (never the display window) scaled to [0, 1].
+def detect_instances(maskrcnn, image: np.ndarray, pixel_scale: float | None = None) -> dict:
+    """Instances on a 2-D slice in raw values, at native resolution (the detector normalises the whole slice itself;
+    the display window plays no part). ``pixel_scale`` enlarges small objects into the model's trained size range.
 
     Returns the detector's dict: ``boxes`` (N,4 x,y,w,h), ``scores``, ``classes``, ``masks`` (N,H,W bool).
     """
-    from .io import auto_window, window
-
-    x = window(image, *auto_window(image)).astype(np.float32) / 255.0
-    return maskrcnn.detect(x)
+    return maskrcnn.detect(np.asarray(image, np.float32), pixel_scale=pixel_scale)
 
 
 def segment_all_slices(scan: Scan, model, config, refine: RefineConfig | bool | None = None) -> np.ndarray:

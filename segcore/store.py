@@ -27,7 +27,8 @@ import numpy as np
 
 from .auth import Identity, require
 
-__all__ = ["Workspace", "Correction", "atomic_write", "default_data_dir", "PROMOTION_TOLERANCE", "PromotionGate",
+__all__ = ["Workspace", "Correction", "InstanceWorkspace", "InstanceCorrection", "atomic_write", "default_data_dir",
+           "PROMOTION_TOLERANCE", "PromotionGate",
            "clean_stale_temporaries", "SCAN_EXTENSIONS"]
 
 PROMOTION_TOLERANCE = 0.005  # mean Dice a candidate may lose on the held-out set and still be promoted
@@ -423,3 +424,157 @@ class Workspace:
             raise ValueError(decision.reason)
         self.activate(version, actor=actor)
         return decision
+
+
+# ---------------------------------------------------------------- instance corrections and instance-model versions
+
+@dataclasses.dataclass
+class InstanceCorrection:
+    id: str
+    scan_name: str
+    slice_index: int | None
+    author: str
+    created_at: str
+    n_instances: int
+    path: Path
+
+    @property
+    def coco_path(self) -> Path:
+        return self.path / "annotations.json"
+
+
+class InstanceWorkspace:
+    """Instance corrections (COCO with RLE masks beside the scan) and versions of the instance model.
+
+    Layout under the data directory::
+
+        instance_corrections/<id>/scan.<ext>, annotations.json (COCO), meta.json
+        models/instances/<version>/        MaskRCNN.save output
+        models/instances/registry.json     versions, their AP50 before/after, the active one
+    """
+
+    def __init__(self, workspace: Workspace, shipped_dir: str | Path):
+        self.ws = workspace
+        self.dir = workspace.root / "instance_corrections"
+        self.models_dir = workspace.models_dir / "instances"
+        self.registry_path = self.models_dir / "registry.json"
+        self.shipped_dir = Path(shipped_dir)
+        clean_stale_temporaries(self.dir)
+        clean_stale_temporaries(self.models_dir)
+
+    # ------------------------------------------------------------ corrections
+    def save(self, scan_bytes: bytes, scan_name: str, ids: np.ndarray, *, author: Identity | str,
+             slice_index: int | None, class_names: tuple[str, ...], model_version: str) -> InstanceCorrection:
+        """Store corrected instances of one slice (annotator role); atomic like semantic corrections."""
+        from .instances.coco import build_coco
+
+        who = require(author, "save_correction")
+        ids = np.asarray(ids)
+        if ids.ndim != 2 or ids.size == 0:
+            raise ValueError(f"Instances must be an H,W id map. Got shape {ids.shape}.")
+        cid = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f") + "-" + \
+            hashlib.sha256(scan_bytes + ids.astype(np.int32).tobytes()).hexdigest()[:10]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{os.getpid()}-", dir=self.dir))
+        try:
+            scan_file = f"scan{_scan_extension(scan_name)}"
+            (tmp / scan_file).write_bytes(scan_bytes)
+            coco = build_coco([{"file_name": scan_file, "ids": ids}], class_names)
+            n = len(coco["annotations"])
+            (tmp / "annotations.json").write_text(json.dumps(coco))
+            meta = {"id": cid, "scan_name": scan_name, "slice_index": slice_index, "author": who.name,
+                    "author_id": who.subject, "authenticated": who.authenticated, "created_at": _now(),
+                    "n_instances": n, "model_version": model_version,
+                    "scan_sha256": hashlib.sha256(scan_bytes).hexdigest()}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+            os.replace(tmp, self.dir / cid)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return self._record(self.dir / cid)
+
+    def _record(self, d: Path) -> InstanceCorrection:
+        m = json.loads((d / "meta.json").read_text())
+        return InstanceCorrection(m["id"], m["scan_name"], m.get("slice_index"), m["author"], m["created_at"],
+                                  int(m["n_instances"]), d)
+
+    def list(self) -> list[InstanceCorrection]:
+        if not self.dir.is_dir():
+            return []
+        return [self._record(d) for d in sorted(self.dir.iterdir())
+                if not d.name.startswith(".") and (d / "meta.json").is_file()]
+
+    def training_pairs(self, records: list[InstanceCorrection] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(2-D image, instance ids)`` of saved corrections (the slice they were made on)."""
+        from .instances.coco import decode_segmentation
+        from .io import load_scan
+
+        out = []
+        for r in records if records is not None else self.list():
+            coco = json.loads(r.coco_path.read_text())
+            img = coco["images"][0]
+            scan = load_scan(r.path / img["file_name"], name=r.scan_name)
+            image = scan.slice(0, r.slice_index)
+            ids = np.zeros((img["height"], img["width"]), np.int32)
+            for k, ann in enumerate(coco["annotations"], 1):
+                ids[decode_segmentation(ann["segmentation"], img["height"], img["width"])] = k
+            out.append((image, ids))
+        return out
+
+    # ------------------------------------------------------------ model versions
+    def _registry(self) -> dict:
+        if self.registry_path.is_file():
+            return json.loads(self.registry_path.read_text())
+        return {"active": "shipped", "versions": {"shipped": {"path": str(self.shipped_dir.resolve()),
+                                                              "note": "shipped instance model"}}}
+
+    def versions(self) -> dict:
+        return self._registry()["versions"]
+
+    def active_version(self) -> str:
+        return self._registry()["active"]
+
+    def model_dir(self, version: str | None = None) -> Path:
+        reg = self._registry()
+        version = version or reg["active"]
+        if version not in reg["versions"]:
+            raise ValueError(f"Unknown instance-model version '{version}'. Known: {sorted(reg['versions'])}.")
+        return Path(reg["versions"][version]["path"])
+
+    def add_version(self, model, *, ap50_before: float, ap50_after: float, trained_on: list[str],
+                    actor: Identity | str | None) -> str:
+        """Save a fine-tuned instance model (admin role) as a new inactive version, under the registry lock."""
+        who = require(actor, "start_finetune")
+        with self.ws._lock():
+            reg = self._registry()
+            n = 1 + max([int(v[1:]) for v in reg["versions"] if v[1:].isdigit()] or [1])
+            version = f"v{n}"
+            path = model.save(self.models_dir / version)
+            reg["versions"][version] = {"path": str(Path(path).resolve()), "created_at": _now(),
+                                        "parent": reg["active"], "ap50_before": ap50_before,
+                                        "ap50_after": ap50_after, "trained_on": list(trained_on),
+                                        "created_by": who.name, "created_by_id": who.subject}
+            atomic_write(self.registry_path, json.dumps(reg, indent=1))
+        return version
+
+    def promote(self, version: str, *, actor: Identity | str | None) -> None:
+        """Activate ``version`` (admin role) if its held-out AP50 did not drop below its parent's."""
+        require(actor, "promote")
+        info = self.versions().get(version)
+        if info is None:
+            raise ValueError(f"Unknown instance-model version '{version}'.")
+        if info.get("ap50_after", -1) < info.get("ap50_before", 0):
+            raise ValueError(f"Refusing to promote {version}: held-out AP50 {info['ap50_after']:.3f} is below "
+                             f"{info['ap50_before']:.3f} before fine-tuning.")
+        self.activate(version, actor=actor)
+
+    def activate(self, version: str, *, actor: Identity | str | None) -> None:
+        """Make ``version`` the active instance model (admin role) after checking that it loads."""
+        from .instances.maskrcnn import MaskRCNN
+
+        require(actor, "activate")
+        MaskRCNN.load(self.model_dir(version))
+        with self.ws._lock():
+            reg = self._registry()
+            reg["active"] = version
+            atomic_write(self.registry_path, json.dumps(reg, indent=1))

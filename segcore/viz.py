@@ -13,7 +13,7 @@ from .labels import png_bytes
 __all__ = ["instances_image", "PALETTE", "overlay", "contours", "diff_image", "to_rgb", "png_bytes", "save_label_nifti",
            "nifti_bytes", "colorize", "instance_colours", "place_labels", "canvas_background", "class_hex",
            "view_panels", "instance_labels", "VIEWS", "mask_layer", "contour_layer", "diff_layer", "instance_layer",
-           "proposal_layer"]
+           "proposal_layer", "instance_id_layer", "instance_id_labels"]
 
 # RGB per class (0 = background, unused)
 PALETTE = np.array([
@@ -254,3 +254,35 @@ def proposal_layer(labels: np.ndarray, proposal: np.ndarray | None, label: int, 
         cs, _ = cv2.findContours(prop.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(out, cs, -1, (241, 196, 15, 255), 1)
     return out
+
+
+def instance_id_layer(ids: np.ndarray, alpha: float = 0.5, proposal: np.ndarray | None = None) -> np.ndarray:
+    """RGBA layer of an instance-id map: each instance in its own colour (stable by id) with its outline; an
+    optional proposed object outlined in yellow."""
+    a = np.asarray(ids)
+    out = np.zeros(a.shape + (4,), np.uint8)
+    labels = [int(v) for v in np.unique(a) if v != 0]
+    colours = instance_colours(max(labels, default=0) + 1)
+    for lab in labels:
+        m = a == lab
+        out[m, :3], out[m, 3] = colours[lab].astype(np.uint8), int(alpha * 255)
+        cs, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, cs, -1, tuple(int(v) for v in colours[lab]) + (255,), 1)
+    if proposal is not None and np.any(proposal):
+        cs, _ = cv2.findContours(np.asarray(proposal, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, cs, -1, (241, 196, 15, 255), 2)
+    return out
+
+
+def instance_id_labels(ids: np.ndarray, screen_scale: float) -> list:
+    """``(row, col, text, colour)`` labels naming each instance of an id map by its id, placed without overlap."""
+    a = np.asarray(ids)
+    labels = [int(v) for v in np.unique(a) if v != 0]
+    boxes = []
+    for lab in labels:
+        rr, cc = np.nonzero(a == lab)
+        boxes.append([cc.min(), rr.min(), cc.max() - cc.min() + 1, rr.max() - rr.min() + 1])
+    spots = place_labels(np.asarray(boxes, float).reshape(-1, 4), [str(v) for v in labels], a.shape, screen_scale)
+    colours = instance_colours(max(labels, default=0) + 1)
+    return [(r, c, str(lab), "#%02x%02x%02x" % tuple(int(v) for v in colours[lab]))
+            for lab, spot in zip(labels, spots) if spot is not None for r, c in [spot]]

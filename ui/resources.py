@@ -110,21 +110,33 @@ def mc_dropout(scan_key: str, version: str, slice_index: int | None, _image) -> 
 
 
 @st.cache_resource
-def maskrcnn():
-    """The shipped compact Mask R-CNN, or None when it is not there."""
+def instance_workspace():
+    from segcore.store import InstanceWorkspace
+
+    return InstanceWorkspace(workspace(), MASKRCNN_DIR)
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the instance model…")
+def _load_maskrcnn(path: str, mtime: float):
     from segcore.instances.maskrcnn import MaskRCNN
 
-    if not (MASKRCNN_DIR / "config.json").is_file():
+    return MaskRCNN.load(path)
+
+
+def maskrcnn(version: str | None = None):
+    """The active (or named) instance model, or None when the shipped one is not there."""
+    path = instance_workspace().model_dir(version)
+    if not (path / "config.json").is_file():
         return None
-    return MaskRCNN.load(MASKRCNN_DIR)
+    return _load_maskrcnn(str(path), (path / "config.json").stat().st_mtime)
 
 
 @st.cache_data(max_entries=16, show_spinner="Detecting instances…")
-def detections(scan_key: str, slice_index: int | None, _image) -> dict:
-    """Instances on a slice, normalised the way the instance model was trained."""
+def detections(scan_key: str, slice_index: int | None, pixel_scale: float, version: str, _image) -> dict:
+    """Instances on a slice (raw values, normalised by the detector itself)."""
     from segcore.pipeline import detect_instances
 
-    return detect_instances(maskrcnn(), _image)
+    return detect_instances(maskrcnn(version), _image, pixel_scale)
 
 
 @st.cache_data(max_entries=4, show_spinner=False)

@@ -130,8 +130,18 @@ def mask_editor(image, display, base_mask, class_names, key: str):
         ss[wk], ss[ver] = ss[last], ss[ver] + 1  # keep what the canvas drew; it restarts from the working mask
     ss[f"{key}_prev_tool"] = tool
     if tool == "Smart click":
+        from segcore.annotate import apply_object
+        from segcore.viz import proposal_layer
+
         positive = c3.radio("Click", ["Add", "Remove"], horizontal=True, key=f"{key}_sign") == "Add"
-        smart_click(image, display, cls, class_names, positive, key)
+
+        def accept(obj):
+            ss[wk] = apply_object(ss[wk], obj, cls)
+            ss[f"{key}_objects"] += 1
+
+        smart_click(image, display, lambda prop: proposal_layer(ss[wk], prop, cls), positive, key,
+                    accept=accept, accept_label=f"Accept as {class_names[cls]}",
+                    reset=f"{ss[ver]}_{ss[f'{key}_objects']}")
         mask = ss[wk]
         edits = plural(ss[f"{key}_objects"], "object") + " added by smart click"
     else:
@@ -147,22 +157,23 @@ def edited_mask(key: str, default):
     return st.session_state.get(f"{key}_last", default)
 
 
-def smart_click(image, display, cls: int, class_names, positive: bool, key: str) -> None:
-    """Click/box prompts on a figure; the proposed object is accepted into the working mask as class ``cls``.
+def smart_click(image, display, layer, positive: bool, key: str, *, accept, accept_label: str,
+                reset: str = "") -> None:
+    """Click/box prompts on a figure; ``accept(object mask)`` takes the proposed object.
 
-    The last click or box (the chart's selection, in session state) is turned into a prompt *before* the figure
-    is drawn, and the buttons act in callbacks, so each interaction costs one rerun of the editor.
+    ``layer(proposal)`` draws the RGBA layer over the scan. The last click or box (the chart's selection, in
+    session state) becomes a prompt *before* the figure is drawn and the buttons act in callbacks, so each
+    interaction costs one rerun of the editor. ``reset`` changes when the caller's content changes (a new chart).
     """
-    from segcore.annotate import apply_object, prompt_from_selection
+    from segcore.annotate import prompt_from_selection
     from segcore.figures import image_panels
     from segcore.interactive import load_model, segment
-    from segcore.viz import proposal_layer
 
     ss = st.session_state
-    pk, wk, ok = f"{key}_prompt", f"{key}_work", f"{key}_objects"
+    pk = f"{key}_prompt"
     empty = {"clicks": [], "box": None, "proposal": None, "seen": None}
     prompt = ss.setdefault(pk, dict(empty))
-    fig_key = f"{key}_fig_{ss[f'{key}_ver']}_{ss[ok]}"
+    fig_key = f"{key}_fig_{reset}"
     event = ss.get(fig_key)
     selection = event.get("selection") if event else None
     signature = repr(selection)
@@ -181,9 +192,8 @@ def smart_click(image, display, cls: int, class_names, positive: bool, key: str)
             except ValueError as exc:
                 st.error(str(exc))
 
-    def accept():
-        ss[wk] = apply_object(ss[wk], prompt["proposal"], cls)
-        ss[ok] += 1
+    def take():
+        accept(prompt["proposal"])
         ss[pk] = dict(empty)
 
     def undo():
@@ -196,18 +206,18 @@ def smart_click(image, display, cls: int, class_names, positive: bool, key: str)
 
     b1, b2, b3 = st.columns(3)
     has = prompt["proposal"] is not None
-    b1.button(f"Accept as {class_names[cls]}", type="primary", disabled=not has, key=f"{key}_accept", on_click=accept)
+    b1.button(accept_label, type="primary", disabled=not has, key=f"{key}_accept", on_click=take)
     b2.button("Undo last click", disabled=not prompt["clicks"], key=f"{key}_undo", on_click=undo)
     b3.button("Discard object", disabled=not (has or prompt["clicks"]), key=f"{key}_discard", on_click=discard)
     fig = image_panels([(f"Smart click: a click {'adds' if positive else 'removes'} · or choose the box-select tool "
-                         "and drag a box", display, proposal_layer(ss[wk], prompt["proposal"], cls))],
+                         "and drag a box", display, layer(prompt["proposal"]))],
                        clickable=True, box=prompt["box"],
                        marks=[(r, c, "#2ecc71" if pos else "#e74c3c") for r, c, pos in prompt["clicks"]])
     fig.update_layout(dragmode="pan")  # a click selects a point; the box-select tool (modebar) drags a box
     st.plotly_chart(fig, key=fig_key, on_select="rerun", selection_mode=("points", "box"),
                     config={"displaylogo": False})
     st.caption(f"{plural(len(prompt['clicks']), 'click')}{' + a box' if prompt['box'] else ''} on this object · "
-               "green: add, red: remove, yellow outline: the proposed object (not in the mask until accepted).")
+               "green: add, red: remove, yellow outline: the proposed object (not kept until accepted).")
 
 
 def _canvas(display, base_mask, cls: int, class_names, tool: str, size: int, key: str):
