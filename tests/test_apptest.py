@@ -125,3 +125,26 @@ def test_review_page_needs_a_name_and_valid_session_input():
     at.button(key="sc_rv_start").click().run()  # upload chosen, nothing uploaded
     assert any("Upload at least one scan" in e.value for e in at.error)
     assert not at.exception
+
+
+def test_instances_page_edits_and_saves_coco():
+    at = _app()
+    at.selectbox(key="sc_sample").set_value("instances test/test_0000.png").run()
+    at.session_state["sc_reviewer"] = "Dr I"
+    at.run()
+    at.switch_page("app_pages/instances.py").run()
+    assert not at.exception, at.exception
+    n0 = int(next(c.value for c in at.caption if c.value.endswith(("objects · 0 edits", "object · 0 edits"))).split()[0])
+    assert n0 >= 2
+    at.radio(key="sc_ic_op").set_value("Delete").run()
+    at.multiselect(key="sc_ic_del").set_value([1]).run()
+    at.button(key="sc_ic_del_go").click().run()
+    assert any(c.value.startswith(f"{n0 - 1} object") for c in at.caption)
+    at.radio(key="sc_ic_op").set_value("Merge").run()
+    first = at.multiselect(key="sc_ic_merge").options[:2]
+    at.multiselect(key="sc_ic_merge").set_value([int(v) for v in first]).run()
+    at.button(key="sc_ic_merge_go").click().run()
+    assert any(c.value.startswith(f"{n0 - 2} object") and "2 edits" in c.value for c in at.caption)
+    at.button(key="sc_ic_save").click().run()
+    assert not at.exception, at.exception
+    assert any(f"Saved {n0 - 2} object" in s.value for s in at.success)

@@ -263,3 +263,35 @@ def test_long_or_odd_scan_names_are_stored_safely(tmp_path):
     rec = ws.save_correction(b"scan", "../../etc/brain.nii.gz", np.ones((4, 4)), author="a", model_version="v1",
                              source="raw")
     assert rec.scan_path.name == "scan.nii.gz" and rec.scan_path.parent == rec.path
+
+
+def test_instance_corrections_round_trip_and_versions_are_gated(tmp_path, root):
+    from segcore.auth import Identity, PermissionDenied
+    from segcore.instances.maskrcnn import MaskRCNN
+    from segcore.store import InstanceWorkspace
+
+    shipped = root / "sample_data" / "models" / "maskrcnn"
+    iws = InstanceWorkspace(Workspace(tmp_path), shipped)
+    img_bytes = (root / "sample_data" / "instances" / "test" / "images" / "test_0000.png").read_bytes()
+    ids = np.zeros((128, 128), np.int32)
+    ids[10:30, 10:30], ids[50:70, 60:90] = 1, 7
+    rec = iws.save(img_bytes, "test_0000.png", ids, author="Dr I", slice_index=None,
+                   class_names=("background", "object"), model_version="shipped")
+    assert rec.n_instances == 2 and [r.id for r in iws.list()] == [rec.id]
+    (image, back), = iws.training_pairs()
+    assert image.shape == (128, 128)
+    assert sorted(np.unique(back).tolist()) == [0, 1, 2]  # ids renumbered, masks exact
+    assert ((back > 0) == (ids > 0)).all()
+    reviewer = Identity("r", "Rita", roles=frozenset({"reviewer"}), authenticated=True)
+    model = MaskRCNN.load(shipped)
+    with pytest.raises(PermissionDenied, match="admin"):
+        iws.add_version(model, ap50_before=0.5, ap50_after=0.6, trained_on=[rec.id], actor=reviewer)
+    worse = iws.add_version(model, ap50_before=0.6, ap50_after=0.5, trained_on=[rec.id], actor="admin")
+    with pytest.raises(ValueError, match="Refusing to promote"):
+        iws.promote(worse, actor="admin")
+    better = iws.add_version(model, ap50_before=0.5, ap50_after=0.6, trained_on=[rec.id], actor="admin")
+    assert better != worse
+    with pytest.raises(PermissionDenied, match="admin"):
+        iws.promote(better, actor=reviewer)
+    iws.promote(better, actor="admin")
+    assert iws.active_version() == better and (iws.model_dir() / "config.json").is_file()
