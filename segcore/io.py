@@ -203,8 +203,8 @@ def _kind_from_bytes(data: bytes, name: str) -> str:
         return "nifti"
     if data[:4] == b"NRRD":
         return "nrrd"
-    if data[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        return "zip"
+    if data[:4] in (b"PK\x03\x04", b"PK\x05\x06") and (lower.endswith(".zip") or not Path(lower).suffix):
+        return "zip"  # a zip named .docx, .xlsx, ... is not a series
     if lower.endswith(".dcm"):
         return "dicom_nopreamble"
     return "unknown"
