@@ -1,0 +1,137 @@
+"""3-D refinement and measurements against scipy.ndimage; propagation of corrected slices."""
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from segcore.volume import (VolumeRefineConfig, class_volumes_ml, closing_3d, component_table_3d, fill_holes_3d,
+                            hd95_3d, keep_largest_3d, label_3d, refine_volume, remove_small_3d)
+
+
+def _random_volume(seed, shape=(9, 14, 13), p=0.3):
+    rng = np.random.default_rng(seed)
+    return rng.random(shape) < p
+
+
+def _same_partition(a, b):
+    """Two labelings describe the same components (a bijection between their ids)."""
+    assert ((a > 0) == (b > 0)).all()
+    pairs = np.unique(np.stack([a[a > 0], b[b > 0]], 1), axis=0)
+    assert len(np.unique(pairs[:, 0])) == len(pairs) == len(np.unique(pairs[:, 1]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("conn,rank", [(26, 3), (18, 2), (6, 1)])
+def test_label_3d_matches_scipy(seed, conn, rank):
+    b = _random_volume(seed, p=0.25 + 0.05 * seed)
+    n, lab = label_3d(b, conn)
+    ref, n_ref = ndimage.label(b, structure=ndimage.generate_binary_structure(3, rank))
+    assert n == n_ref
+    np.testing.assert_array_equal(lab, ref)  # same ids too: both number components in raster order
+
+
+def test_label_3d_validates():
+    with pytest.raises(ValueError, match=r"should be in \[6, 18, 26\]. Got 8"):
+        label_3d(np.zeros((2, 2, 2), bool), 8)
+    with pytest.raises(ValueError, match="3-D binary volume"):
+        label_3d(np.zeros((2, 2), bool))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fill_holes_3d_matches_scipy(seed):
+    rng = np.random.default_rng(seed)
+    b = np.zeros((12, 16, 16), bool)
+    b[2:10, 3:13, 2:14] = True
+    for _ in range(6):  # cavities, some open to the outside
+        z, y, x = rng.integers(1, 11), rng.integers(1, 15), rng.integers(1, 15)
+        b[z:z + 2, y:y + rng.integers(1, 4), x:x + 2] = False
+    labels = b.astype(np.uint8)
+    out = fill_holes_3d(labels)
+    np.testing.assert_array_equal(out == 1, ndimage.binary_fill_holes(b))
+    assert labels.sum() == b.sum()  # input untouched
+
+
+def test_fill_holes_3d_leaves_cavities_holding_another_class():
+    v = np.zeros((7, 7, 7), np.uint8)
+    v[1:6, 1:6, 1:6] = 1
+    v[3, 3, 3] = 2
+    v[2, 2, 2] = 0
+    out = fill_holes_3d(v, classes=[1])
+    assert out[3, 3, 3] == 2 and out[2, 2, 2] == 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("radius,spacing", [(1.0, (1, 1, 1)), (2.0, (1.0, 0.7, 0.7)), (3.0, (2.5, 0.8, 1.0))])
+def test_closing_3d_matches_scipy_binary_closing(seed, radius, spacing):
+    b = _random_volume(seed, (10, 18, 18), p=0.15)
+    out = closing_3d(b.astype(np.uint8), radius, spacing=spacing)
+    # scipy with the same ball, on a volume padded so that the border behaves as background
+    r = [int(np.floor(radius / s + 1e-9)) for s in spacing]
+    grid = np.mgrid[-r[0]:r[0] + 1, -r[1]:r[1] + 1, -r[2]:r[2] + 1].astype(float)
+    ball = np.sqrt(sum((grid[i] * spacing[i]) ** 2 for i in range(3))) <= radius + 1e-9
+    pad = [x + 1 for x in r]
+    ref = ndimage.binary_closing(np.pad(b, [(p, p) for p in pad]), structure=ball)
+    ref = ref[tuple(slice(p, -p) for p in pad)]
+    np.testing.assert_array_equal(out == 1, ref | b)
+
+
+def test_remove_small_and_keep_largest_in_mm3():
+    v = np.zeros((6, 10, 10), np.uint8)
+    v[0:2, 0:2, 0:2] = 1   # 8 voxels
+    v[3:6, 4:9, 4:9] = 1   # 75 voxels
+    v[5, 0, 9] = 2         # 1 voxel of another class
+    sp = (2.0, 0.5, 0.5)   # 0.5 mm3 per voxel
+    out = remove_small_3d(v, 5.0, spacing=sp)  # 8 vox = 4 mm3 < 5: removed; the class-2 voxel too
+    assert out[0:2, 0:2, 0:2].sum() == 0 and out[3:6, 4:9, 4:9].all() and out[5, 0, 9] == 0
+    assert remove_small_3d(v, 3.0, spacing=sp)[0, 0, 0] == 1
+    diag = np.zeros((3, 3, 3), np.uint8)
+    diag[0, 0, 0] = diag[1, 1, 1] = diag[2, 2, 2] = 1  # one 26-connected component of 3 voxels
+    assert remove_small_3d(diag, 3).sum() == 3 and remove_small_3d(diag, 2, connectivity=6).sum() == 0
+    kept = keep_largest_3d(v, classes=[1])
+    assert kept[0:2, 0:2, 0:2].sum() == 0 and kept[5, 0, 9] == 2
+
+
+def test_volumes_and_component_table():
+    v = np.zeros((4, 10, 10), np.uint8)
+    v[0:2, 0:4, 0:5] = 1          # 40 voxels
+    v[1:4, 6:9, 6:9] = 1          # 27 voxels
+    v[3, 0, 0] = 2
+    sp = (3.0, 0.5, 0.5)          # 0.75 mm3 per voxel
+    vols = class_volumes_ml(v, sp, ("background", "organ", "lesion"))
+    assert vols == {"organ": pytest.approx(67 * 0.75 / 1000), "lesion": pytest.approx(0.75 / 1000)}
+    rows = component_table_3d(v, ("background", "organ", "lesion"), sp)
+    assert [(r["class_name"], r["component"], r["voxels"]) for r in rows] == [("organ", 1, 40), ("organ", 2, 27),
+                                                                              ("lesion", 1, 1)]
+    assert rows[1]["bbox"] == (1, 6, 6, 4, 9, 9) and rows[1]["slices"] == (1, 3)
+    assert rows[1]["centroid"] == (2.0, 7.0, 7.0) and rows[0]["volume_ml"] == pytest.approx(0.03)
+
+
+def test_hd95_3d_against_brute_force():
+    rng = np.random.default_rng(0)
+    a = np.zeros((8, 12, 12), np.uint8)
+    b = np.zeros_like(a)
+    a[2:6, 3:9, 3:9] = 1
+    b[3:7, 4:10, 2:8] = 1
+    sp = (2.0, 0.7, 0.9)
+    h = hd95_3d(a, b, 2, sp)
+
+    def surface(m):
+        return m & ~ndimage.binary_erosion(m, np.ones((3, 3, 3)), border_value=0)
+
+    pa, pb = np.argwhere(surface(a == 1)) * sp, np.argwhere(surface(b == 1)) * sp
+    d = np.sqrt(((pa[:, None] - pb[None]) ** 2).sum(-1))
+    ref = max(np.percentile(d.min(1), 95), np.percentile(d.min(0), 95))
+    assert h[1] == pytest.approx(ref)
+    assert hd95_3d(a, np.zeros_like(a), 2)[1] == np.inf and rng is not None
+
+
+def test_refine_volume_runs_enabled_steps_in_order():
+    v = np.zeros((5, 12, 12), np.uint8)
+    v[1:4, 2:10, 2:10] = 1
+    v[2, 5, 5] = 0          # cavity
+    v[0, 0, 0] = 1          # speck
+    cfg = VolumeRefineConfig()
+    out, t = refine_volume(v, (1.0, 1.0, 1.0), cfg)
+    assert out[2, 5, 5] == 1 and out[0, 0, 0] == 0 and set(t) == {"3d_fill_holes", "3d_remove_small"}
+    with pytest.raises(ValueError, match="Unknown 3-D refinement steps"):
+        VolumeRefineConfig(order=("dilate",))
