@@ -152,7 +152,7 @@ def remove_small_3d(labels: np.ndarray, min_volume: float, *, spacing: Sequence[
 
     Examples
     --------
-    >>> v = np.zeros((3, 4, 4), np.uint8); v[0, 0, 0] = 1; v[1:3, 1:3, 1:3] = 1
+    >>> v = np.zeros((3, 5, 5), np.uint8); v[0, 0, 0] = 1; v[1:3, 2:4, 2:4] = 1
     >>> int(remove_small_3d(v, 2).sum())
     8
     """
@@ -241,8 +241,8 @@ def closing_3d(labels: np.ndarray, radius_mm: float, *, spacing: Sequence[float]
 
     Examples
     --------
-    >>> v = np.zeros((1, 5, 7), np.uint8); v[0, 1:4, 1:3] = 1; v[0, 1:4, 4:6] = 1
-    >>> int(closing_3d(v, 1.0)[0, 2, 3])
+    >>> v = np.zeros((3, 5, 7), np.uint8); v[:, 1:4, 1:3] = 1; v[:, 1:4, 4:6] = 1
+    >>> int(closing_3d(v, 1.0)[1, 2, 3])
     1
     """
     from scipy.ndimage import distance_transform_edt
