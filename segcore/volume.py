@@ -421,3 +421,339 @@ def refine_volume(labels: np.ndarray, spacing: Sequence[float] | None = None,
     if out is labels:
         out = np.array(labels, copy=True)
     return out, timings
+
+
+# ------------------------------------------------------------------ propagation of corrected slices
+
+def _check_annotated(annotated: Mapping[int, np.ndarray], shape: tuple[int, int, int]) -> dict[int, np.ndarray]:
+    if not annotated:
+        raise ValueError("annotated must hold at least one {slice_index: label_map} entry. Got none.")
+    out = {}
+    for z, m in annotated.items():
+        z = int(z)
+        m = np.asarray(m)
+        if not 0 <= z < shape[0]:
+            raise ValueError(f"Annotated slice {z} is out of range for a volume of {shape[0]} slices.")
+        if m.shape != shape[1:]:
+            raise ValueError(f"Annotated slice {z} has shape {m.shape}; the volume's slices are {shape[1:]}.")
+        if not (np.issubdtype(m.dtype, np.integer) or m.dtype == bool):
+            raise ValueError(f"Annotated slice {z} must be an integer label map. Got dtype {m.dtype}.")
+        out[z] = m.astype(np.uint8)
+    return dict(sorted(out.items()))
+
+
+def _sdf(mask: np.ndarray, spacing2d: Sequence[float], big: float) -> np.ndarray:
+    """Signed distance in mm: negative inside ``mask``, positive outside; ``+big`` everywhere when empty."""
+    from scipy.ndimage import distance_transform_edt
+
+    if not mask.any():
+        return np.full(mask.shape, big, np.float32)
+    if mask.all():
+        return np.full(mask.shape, -big, np.float32)
+    inside = distance_transform_edt(mask, sampling=spacing2d)
+    outside = distance_transform_edt(~mask, sampling=spacing2d)
+    return (outside - inside).astype(np.float32)
+
+
+def _empty_sdf_value(annotated: dict[int, np.ndarray], c: int, spacing2d) -> float:
+    """Distance given to an empty slice: the class's largest inscribed radius, so shapes vanish half-way."""
+    radii = []
+    for m in annotated.values():
+        b = m == c
+        if b.any():
+            radii.append(float(-_sdf(b, spacing2d, 1.0).min()))
+    return max(radii) if radii else 1.0
+
+
+def interpolate_shapes(annotated: Mapping[int, np.ndarray], shape: tuple[int, int, int],
+                       spacing: Sequence[float] | None = None) -> np.ndarray:
+    """Shape-based interpolation between annotated axial slices (what "fill between slices" does).
+
+    Per class, the in-plane signed distance maps (mm) of neighbouring annotated slices are interpolated
+    linearly along the slice axis; a voxel takes the class with the most negative distance, where negative.
+    Slices outside the annotated range stay empty; annotated slices are returned as given.
+
+    Examples
+    --------
+    >>> a = np.zeros((5, 5), np.uint8); a[1:4, 1:4] = 1
+    >>> v = interpolate_shapes({0: a, 2: a}, (3, 5, 5))
+    >>> v[1].tolist() == a.tolist()
+    True
+    """
+    ann = _check_annotated(annotated, tuple(shape))
+    sp2 = (1.0, 1.0) if spacing is None else (float(spacing[1]), float(spacing[2]))
+    out = np.zeros(shape, np.uint8)
+    keys = sorted(ann)
+    classes = sorted({int(c) for m in ann.values() for c in np.unique(m) if c})
+    for z in keys:
+        out[z] = ann[z]
+    if not classes or len(keys) < 2:
+        return out
+    sdfs = {c: {z: _sdf(ann[z] == c, sp2, _empty_sdf_value(ann, c, sp2)) for z in keys} for c in classes}
+    for a, b in zip(keys[:-1], keys[1:]):
+        for z in range(a + 1, b):
+            t = (z - a) / (b - a)
+            best = np.full(shape[1:], np.inf, np.float32)
+            lab = np.zeros(shape[1:], np.uint8)
+            for c in classes:
+                d = (1 - t) * sdfs[c][a] + t * sdfs[c][b]
+                take = (d < 0) & (d < best)
+                lab[take] = c
+                best = np.minimum(best, d)
+            out[z] = lab
+    return out
+
+
+@dataclasses.dataclass
+class PropagateConfig:
+    """Settings of :func:`propagate` (see its docstring for what each term does).
+
+    ``prior_tau_mm`` and ``prior_tau_per_mm`` set how soft the interpolated shape is: the prior probability of a
+    class is ``sigmoid(-sdf / tau)`` with ``tau = prior_tau_mm + prior_tau_per_mm * distance to the nearest
+    annotated slice (mm)``. ``intensity_weight`` scales the log-likelihood ratio of the intensity model,
+    ``model_weight`` the model's log-odds (only with a model). ``band_mm`` is the width of the background band
+    around the annotated objects the intensity model learns from, and the farthest a result may reach beyond
+    the interpolated shape. Extrapolation beyond the annotated range proceeds slice by slice and stops when the
+    evidence fades: a slice's region must keep at least ``min_evidence`` of the annotated slices' mean
+    log-likelihood ratio, at least ``min_overlap`` overlap with the previous slice's region, at most
+    ``max_growth`` times its area, and at most ``max_extrapolate_radii`` x the last region's equivalent radius
+    in distance.
+    """
+
+    prior_tau_mm: float = 1.0
+    prior_tau_per_mm: float = 0.15
+    intensity_weight: float = 1.0
+    model_weight: float = 1.0
+    band_mm: float = 7.0
+    bins: int = 64
+    # a gentle CRF: the interpolated shape already carries the smoothness (chosen on bench/propagate.py's cases)
+    crf: dict = dataclasses.field(default_factory=lambda: {
+        "iterations": 5, "sxy_gaussian": 1, "compat_gaussian": 1, "sxy_bilateral": 10, "srgb": 20,
+        "compat_bilateral": 2})
+    use_crf: bool = True
+    extrapolate: bool = True
+    min_evidence: float = 0.35
+    min_overlap: float = 0.3
+    max_growth: float = 1.3
+    max_extrapolate_radii: float = 1.5
+    min_area_px: int = 4
+
+
+class _IntensityModel:
+    """Per-class intensity histograms from the annotated slices vs the background band around the objects."""
+
+    def __init__(self, image: np.ndarray, annotated: dict[int, np.ndarray], classes: list[int], sp2, cfg):
+        from scipy.ndimage import distance_transform_edt, gaussian_filter1d
+
+        fg_vals = {c: [] for c in classes}
+        bg_vals = []
+        for z, m in annotated.items():
+            img = image[z]
+            fg = m > 0
+            for c in classes:
+                fg_vals[c].append(img[m == c])
+            if fg.any():
+                band = (distance_transform_edt(~fg, sampling=sp2) <= cfg.band_mm) & ~fg
+            else:
+                band = np.ones_like(fg)
+            bg_vals.append(img[band])
+        allv = np.concatenate([np.concatenate(v) for v in fg_vals.values()] + bg_vals)
+        lo, hi = np.percentile(allv, [0.5, 99.5]) if allv.size else (0.0, 1.0)
+        if hi <= lo:
+            hi = lo + 1.0
+        self.lo, self.hi, self.bins = float(lo), float(hi), int(cfg.bins)
+        self.view_lo, self.view_hi = self.lo, self.hi
+
+        def hist(v):
+            h = np.bincount(self._bin(v), minlength=self.bins).astype(np.float64) + 0.5
+            h = gaussian_filter1d(h, 1.5)
+            return h / h.sum()
+
+        bg = hist(np.concatenate(bg_vals))
+        self.llr = {c: np.log(hist(np.concatenate(fg_vals[c])) / bg).astype(np.float32) for c in classes}
+        # mean log-likelihood ratio inside the annotated objects: the evidence level extrapolation must keep
+        self.ref = {c: float(np.mean(self.llr[c][self._bin(np.concatenate(fg_vals[c]))]))
+                    if np.concatenate(fg_vals[c]).size else 0.0 for c in classes}
+
+    def _bin(self, v: np.ndarray) -> np.ndarray:
+        x = (np.asarray(v, np.float32) - self.lo) / (self.hi - self.lo) * self.bins
+        return np.clip(x, 0, self.bins - 1).astype(np.int64)
+
+    def log_ratio(self, img: np.ndarray, c: int) -> np.ndarray:
+        return self.llr[c][self._bin(img)]
+
+    def view(self, img: np.ndarray) -> np.ndarray:
+        return np.clip((img - self.view_lo) / (self.view_hi - self.view_lo) * 255.0, 0, 255).astype(np.uint8)
+
+
+def _solve_slice(img, logits_prior, classes, im: _IntensityModel, cfg: PropagateConfig, model_logodds=None):
+    """Posterior over (background, classes...) for one slice, CRF-smoothed: returns ``H,W,K+1`` probabilities."""
+    from .refine import dense_crf
+
+    h, w = img.shape
+    k = len(classes)
+    logits = np.zeros((h, w, k + 1), np.float32)
+    for i, c in enumerate(classes):
+        logits[..., i + 1] = logits_prior[i] + cfg.intensity_weight * im.log_ratio(img, c)
+        if model_logodds is not None:
+            logits[..., i + 1] += cfg.model_weight * model_logodds[i]
+    logits -= logits.max(-1, keepdims=True)
+    p = np.exp(logits)
+    p /= p.sum(-1, keepdims=True)
+    if cfg.use_crf:
+        p = dense_crf(im.view(img), p, **cfg.crf)
+    return p
+
+
+def _keep_supported(lab: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """Keep the 8-connected components of each class that overlap ``support`` (the prior's core)."""
+    out = np.zeros_like(lab)
+    for c in np.unique(lab):
+        if c == 0:
+            continue
+        n, comp = cv2.connectedComponents((lab == c).astype(np.uint8), connectivity=8)
+        hit = np.unique(comp[(comp > 0) & support[c]])
+        out[np.isin(comp, hit) & (comp > 0)] = c
+    return out
+
+
+def propagate(volume: np.ndarray, annotated: Mapping[int, np.ndarray], *, model=None, config=None,
+              spacing: Sequence[float] | None = None, settings: PropagateConfig | None = None,
+              progress: Callable[[float, str], object] | None = None) -> np.ndarray:
+    """A label volume from a few corrected axial slices: interpolated shape + image evidence.
+
+    1. **Shape prior**: per class, the in-plane signed distance maps (mm) of the annotated slices are
+       interpolated along the slice axis (as :func:`interpolate_shapes`) and turned into a soft prior
+       ``sigmoid(-sdf / tau)``, softer the farther the slice is from an annotated one.
+    2. **Image evidence**: an intensity model learned from the annotated slices (class histograms against the
+       background band around the objects) adds its log-likelihood ratio; with ``model`` (a Keras model and its
+       ``config``, e.g. fine-tuned on the annotated slices with :func:`segcore.train.fine_tune`) its log-odds are
+       added too.
+    3. A dense CRF (:func:`segcore.refine.dense_crf`) on each slice snaps the result to edges; components not
+       touching the interpolated shape (grown by ``band_mm``) are dropped.
+    4. **Extrapolation**: beyond the first/last annotated slice, each slice uses the previous slice's result as
+       its prior and is kept only while the evidence holds (see :class:`PropagateConfig`); the first slice that
+       fails, and all beyond it, stay empty.
+
+    Parameters
+    ----------
+    volume : np.ndarray
+        ``D,H,W`` image in raw scan values.
+    annotated : dict
+        ``{slice_index: H,W label map}`` for the corrected axial slices (returned unchanged in the result).
+    model, config : optional
+        A segmentation model and its ModelConfig; its class ids must be the annotation's class ids.
+    spacing : tuple, optional
+        ``(slice, row, col)`` mm (1 mm when None).
+    settings : PropagateConfig, optional
+    progress : callable, optional
+        ``progress(fraction, message)``.
+
+    Returns
+    -------
+    np.ndarray
+        ``D,H,W`` uint8 label volume.
+
+    Raises
+    ------
+    ValueError
+        Not a 3-D volume, no annotated slice, or an annotated slice of the wrong shape or range.
+    """
+    vol = np.asarray(volume, dtype=np.float32)
+    if vol.ndim != 3:
+        raise ValueError(f"propagate takes a D,H,W volume. Got shape {vol.shape}.")
+    if (model is None) != (config is None):
+        raise ValueError("Pass both model and config (its ModelConfig), or neither.")
+    cfg = settings or PropagateConfig()
+    ann = _check_annotated(annotated, vol.shape)
+    sp = (1.0, 1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing)
+    sp2 = sp[1:]
+    d = vol.shape[0]
+    keys = sorted(ann)
+    classes = sorted({int(c) for m in ann.values() for c in np.unique(m) if c})
+    out = np.zeros(vol.shape, np.uint8)
+    for z in keys:
+        out[z] = ann[z]
+    if not classes:
+        return out
+    im = _IntensityModel(vol, ann, classes, sp2, cfg)
+    empties = {c: _empty_sdf_value(ann, c, sp2) for c in classes}
+    sdfs = {z: [_sdf(ann[z] == c, sp2, empties[c]) for c in classes] for z in keys}
+    todo = [z for z in range(keys[0], keys[-1] + 1) if z not in ann]
+    model_probs: dict[int, np.ndarray] = {}
+
+    def model_logodds(z: int):
+        if model is None:
+            return None
+        if z not in model_probs:
+            from .infer import predict_proba
+
+            model_probs[z] = predict_proba(model, vol[z], config)
+        p = np.clip(model_probs[z], 1e-4, 1.0)
+        return [np.log(p[..., c] / p[..., 0]) if c < p.shape[-1] else np.zeros(p.shape[:2], np.float32)
+                for c in classes]
+
+    def solve(z: int, sdf_list, dist_mm: float) -> np.ndarray:
+        tau = cfg.prior_tau_mm + cfg.prior_tau_per_mm * dist_mm
+        prior = [np.clip(-s / tau, -30, 30) for s in sdf_list]
+        p = _solve_slice(vol[z], prior, classes, im, cfg, model_logodds(z))
+        lab = np.zeros(vol.shape[1:], np.uint8)
+        arg = p.argmax(-1)
+        for i, c in enumerate(classes):
+            lab[arg == i + 1] = c
+        reach = cfg.band_mm + 0.5 * dist_mm
+        support = {c: (s < 0) if (s < 0).any() else (s <= s.min() + 1e-6) for c, s in zip(classes, sdf_list)}
+        near = np.zeros(lab.shape, bool)
+        for c, s in zip(classes, sdf_list):
+            near |= (lab == c) & (s > reach)
+        lab[near] = 0
+        return _keep_supported(lab, support)
+
+    n_total = max(len(todo), 1)
+    for i, z in enumerate(todo):
+        a = max(k for k in keys if k < z)
+        b = min(k for k in keys if k > z)
+        t = (z - a) / (b - a)
+        sdf_z = [(1 - t) * sa + t * sb for sa, sb in zip(sdfs[a], sdfs[b])]
+        out[z] = solve(z, sdf_z, min(z - a, b - z) * sp[0])
+        if progress is not None:
+            progress(0.8 * (i + 1) / n_total, f"Slice {z}")
+    if cfg.extrapolate:
+        for start, step in ((keys[0], -1), (keys[-1], 1)):
+            _extrapolate(vol, out, start, step, classes, im, sp, cfg, solve)
+    if progress is not None:
+        progress(1.0, "Done")
+    return out
+
+
+def _extrapolate(vol, out, start, step, classes, im, sp, cfg, solve) -> None:
+    sp2 = sp[1:]
+    prev = out[start]
+    d = vol.shape[0]
+    radius = {c: float(np.sqrt((prev == c).sum() * sp2[0] * sp2[1] / np.pi)) for c in classes}
+    alive = {c: bool((prev == c).sum() >= cfg.min_area_px) for c in classes}
+    z = start + step
+    travelled = 0.0
+    while 0 <= z < d and any(alive.values()):
+        travelled += sp[0]
+        sdf_list = [_sdf(prev == c, sp2, 1e3) if alive[c] else np.full(prev.shape, 1e3, np.float32)
+                    for c in classes]
+        lab = solve(z, sdf_list, travelled)
+        for c in classes:
+            if not alive[c]:
+                lab[lab == c] = 0
+                continue
+            cur, before = lab == c, prev == c
+            area, area_prev = int(cur.sum()), int(before.sum())
+            ok = area >= cfg.min_area_px and travelled <= cfg.max_extrapolate_radii * max(radius[c], sp[0])
+            if ok:
+                overlap = (cur & before).sum() / max(min(area, area_prev), 1)
+                evidence = float(im.log_ratio(vol[z][cur], c).mean()) if area else -np.inf
+                ok = (overlap >= cfg.min_overlap and area <= cfg.max_growth * area_prev
+                      and evidence >= cfg.min_evidence * im.ref[c])
+            if not ok:
+                lab[cur] = 0
+                alive[c] = False
+        out[z] = lab
+        prev = lab
+        z += step

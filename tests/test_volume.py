@@ -135,3 +135,71 @@ def test_refine_volume_runs_enabled_steps_in_order():
     assert out[2, 5, 5] == 1 and out[0, 0, 0] == 0 and set(t) == {"3d_fill_holes", "3d_remove_small"}
     with pytest.raises(ValueError, match="Unknown 3-D refinement steps"):
         VolumeRefineConfig(order=("dilate",))
+
+
+def _curved_lesion(d=22, size=48, seed=0):
+    """A bright lesion whose centre moves on a curve and whose radius changes non-linearly (slices 3..17)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    gt = np.zeros((d, size, size), np.uint8)
+    for z in range(3, 18):
+        t = (z - 3) / 14
+        cy, cx = 24 + 9 * np.sin(np.pi * t), 14 + 20 * t
+        r = 3 + 6 * np.sin(np.pi * t) ** 0.5
+        gt[z] = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    img = np.where(gt > 0, 120.0, 20.0) + rng.normal(0, 12, gt.shape)
+    img[:, 5:10, 30:45] = 120.0  # a bright distractor away from the lesion
+    return img.astype(np.float32), gt
+
+
+def _dice(a, b):
+    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def test_propagate_beats_shape_interpolation_and_stops_where_the_lesion_ends():
+    from segcore.volume import interpolate_shapes, propagate
+
+    img, gt = _curved_lesion()
+    ann = {z: gt[z] for z in (5, 10, 15)}
+    ann_before = {z: m.copy() for z, m in ann.items()}
+    sp = (2.0, 0.8, 0.8)
+    interp = interpolate_shapes(ann, img.shape, sp)
+    prop = propagate(img, ann, spacing=sp)
+    ev = [z for z in range(3, 18) if z not in ann]
+    d_interp, d_prop = _dice(interp[ev] > 0, gt[ev] > 0), _dice(prop[ev] > 0, gt[ev] > 0)
+    assert d_prop > d_interp + 0.05 and d_prop > 0.85
+    for z, m in ann.items():  # annotated slices come back exactly; inputs untouched
+        np.testing.assert_array_equal(prop[z], m)
+        np.testing.assert_array_equal(m, ann_before[z])
+    # extrapolation: the lesion's first slices (3, 4) are found, nothing beyond its end (18+) or before it
+    assert _dice(prop[3:5] > 0, gt[3:5] > 0) > 0.6
+    assert prop[18:].sum() == 0 and prop[:2].sum() == 0 and prop[:, 5:10, 30:45].sum() == 0
+
+
+def test_propagate_without_evidence_does_not_extrapolate_into_uniform_tissue():
+    from segcore.volume import propagate
+
+    rng = np.random.default_rng(1)
+    img = rng.normal(50, 5, (12, 32, 32)).astype(np.float32)  # the "lesion" has no contrast at all
+    m = np.zeros((32, 32), np.uint8)
+    m[10:20, 10:20] = 1
+    out = propagate(img, {4: m, 7: m}, spacing=(1.0, 1.0, 1.0))
+    assert out[:3].sum() == 0 and out[9:].sum() == 0  # nothing supports growing beyond the annotated range
+
+
+def test_interpolate_shapes_and_propagate_validate_inputs():
+    from segcore.volume import interpolate_shapes, propagate
+
+    m = np.zeros((8, 8), np.uint8)
+    with pytest.raises(ValueError, match="at least one"):
+        propagate(np.zeros((4, 8, 8)), {})
+    with pytest.raises(ValueError, match=r"Annotated slice 9 is out of range for a volume of 4 slices"):
+        propagate(np.zeros((4, 8, 8)), {9: m})
+    with pytest.raises(ValueError, match=r"has shape \(8, 8\); the volume's slices are \(6, 6\)"):
+        interpolate_shapes({0: m}, (4, 6, 6))
+    with pytest.raises(ValueError, match="D,H,W volume"):
+        propagate(np.zeros((8, 8)), {0: m})
+    a = np.zeros((9, 9), np.uint8)
+    a[2:7, 2:7] = 2
+    v = interpolate_shapes({0: a, 4: np.zeros_like(a)}, (5, 9, 9))
+    assert v[1].sum() > 0 and v[3].sum() == 0 and set(np.unique(v)) <= {0, 2}
