@@ -56,7 +56,7 @@ def configurations():
 
 def pick(zs):
     z0, z1 = int(zs[0]), int(zs[-1])
-    return sorted({int(round(z0 + f * (z1 - z0))) for f in (1 / 6, 1 / 2, 5 / 6)})
+    return sorted({round(z0 + f * (z1 - z0)) for f in (1 / 6, 1 / 2, 5 / 6)})
 
 
 def dice(a, b):

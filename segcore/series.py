@@ -49,15 +49,16 @@ import io
 import os
 import stat as stat_mod
 import zipfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from .io import Scan, ScanError, load_scan
 from .limits import LimitExceeded, Limits
 
-__all__ = ["load_series", "load_zip", "read_zip_members", "SeriesChoiceError", "SeriesInfo", "MAX_ZIP_MEMBERS"]
+__all__ = ["MAX_ZIP_MEMBERS", "SeriesChoiceError", "SeriesInfo", "load_series", "load_zip", "read_zip_members"]
 
 MAX_ZIP_MEMBERS = 20000
 _SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -156,7 +157,7 @@ def _read_header(name: str, data: bytes, index: int, limits: Limits) -> _Header:
         raise ScanError(str(exc)) from exc
     except _PASS_THROUGH:
         raise
-    except BaseException as exc:  # noqa: BLE001 - any parser failure names the file
+    except BaseException as exc:
         raise ScanError(f"unreadable DICOM header: {type(exc).__name__}: {_short(exc, 200)}") from exc
     sop_class = str(getattr(ds, "SOPClassUID", "") or "")
     if sop_class == _SEG_SOP_CLASS:
@@ -464,7 +465,7 @@ def _geometry(slices: list[_Slice], head: _Header, warnings: list[str], name: st
     dz = float(np.median(steps))
     gaps = np.nonzero(steps > 1.5 * dz)[0]
     for g in gaps[:5]:
-        missing = int(round(steps[g] / dz)) - 1
+        missing = round(float(steps[g] / dz)) - 1
         warnings.append(f"Gap in the series: {steps[g]:.2f} mm between slices {g} and {g + 1} (about {missing} "
                         f"slice(s) missing at a {dz:.2f} mm spacing); the volume is stacked without them.")
     if len(gaps) > 5:

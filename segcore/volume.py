@@ -15,26 +15,27 @@ bounding box of the class it touches, so a small structure in a large CT costs l
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import cv2
 import numpy as np
 
 __all__ = [
-    "label_3d",
-    "remove_small_3d",
-    "keep_largest_3d",
-    "fill_holes_3d",
-    "closing_3d",
-    "class_volumes_ml",
-    "component_table_3d",
+    "PropagateConfig",
     "VolumeRefineConfig",
-    "refine_volume",
+    "class_volumes_ml",
+    "closing_3d",
+    "component_table_3d",
+    "fill_holes_3d",
     "hd95_3d",
     "interpolate_shapes",
-    "PropagateConfig",
+    "keep_largest_3d",
+    "label_3d",
     "propagate",
+    "refine_volume",
+    "remove_small_3d",
 ]
 
 
@@ -490,7 +491,7 @@ def interpolate_shapes(annotated: Mapping[int, np.ndarray], shape: tuple[int, in
     if not classes or len(keys) < 2:
         return out
     sdfs = {c: {z: _sdf(ann[z] == c, sp2, _empty_sdf_value(ann, c, sp2)) for z in keys} for c in classes}
-    for a, b in zip(keys[:-1], keys[1:]):
+    for a, b in itertools.pairwise(keys):
         for z in range(a + 1, b):
             t = (z - a) / (b - a)
             best = np.full(shape[1:], np.inf, np.float32)
@@ -611,7 +612,7 @@ def _keep_supported(lab: np.ndarray, support: np.ndarray) -> np.ndarray:
     for c in np.unique(lab):
         if c == 0:
             continue
-        n, comp = cv2.connectedComponents((lab == c).astype(np.uint8), connectivity=8)
+        _, comp = cv2.connectedComponents((lab == c).astype(np.uint8), connectivity=8)
         hit = np.unique(comp[(comp > 0) & support[c]])
         out[np.isin(comp, hit) & (comp > 0)] = c
     return out
@@ -668,7 +669,6 @@ def propagate(volume: np.ndarray, annotated: Mapping[int, np.ndarray], *, model=
     ann = _check_annotated(annotated, vol.shape)
     sp = (1.0, 1.0, 1.0) if spacing is None else tuple(float(s) for s in spacing)
     sp2 = sp[1:]
-    d = vol.shape[0]
     keys = sorted(ann)
     classes = sorted({int(c) for m in ann.values() for c in np.unique(m) if c})
     out = np.zeros(vol.shape, np.uint8)

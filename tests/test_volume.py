@@ -4,8 +4,18 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from segcore.volume import (VolumeRefineConfig, class_volumes_ml, closing_3d, component_table_3d, fill_holes_3d,
-                            hd95_3d, keep_largest_3d, label_3d, refine_volume, remove_small_3d)
+from segcore.volume import (
+    VolumeRefineConfig,
+    class_volumes_ml,
+    closing_3d,
+    component_table_3d,
+    fill_holes_3d,
+    hd95_3d,
+    keep_largest_3d,
+    label_3d,
+    refine_volume,
+    remove_small_3d,
+)
 
 
 def _random_volume(seed, shape=(9, 14, 13), p=0.3):
