@@ -230,7 +230,7 @@ def read_seg(data: bytes, scan: Scan, class_names: Sequence[str] | None = None, 
         ds = pydicom.dcmread(io.BytesIO(data))
     except LimitExceeded as exc:
         raise ScanError(str(exc)) from exc
-    except Exception as exc:  # noqa: BLE001 - an unreadable upload is a ScanError
+    except Exception as exc:
         raise ScanError(f"Not a readable DICOM file: {type(exc).__name__}: {exc}") from exc
     if str(getattr(ds, "SOPClassUID", "")) != _SEG_SOP_CLASS:
         raise ScanError(f"Not a DICOM SEG (SOP Class {getattr(ds, 'SOPClassUID', 'missing')}); expected "
@@ -244,7 +244,7 @@ def read_seg(data: bytes, scan: Scan, class_names: Sequence[str] | None = None, 
         pix = np.asarray(ds.pixel_array).reshape(frames, rows, cols)
     except LimitExceeded as exc:
         raise ScanError(str(exc)) from exc
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ScanError(f"The SEG's pixel data cannot be decoded: {type(exc).__name__}: {exc}") from exc
     if str(getattr(ds, "SegmentationType", "BINARY")) == "FRACTIONAL":
         pix = pix >= (float(getattr(ds, "MaximumFractionalValue", 255)) / 2.0)

@@ -26,7 +26,7 @@ def test_seg_round_trip_with_highdicom(corrected):
 
     from segcore.dicomseg import read_seg, write_seg
 
-    scan, labels, files = _scan_and_labels()
+    scan, labels, _ = _scan_and_labels()
     data = write_seg(labels, scan, NAMES, "v7", corrected=corrected)
     seg = hd.seg.segread(io.BytesIO(data))
     assert seg.SegmentationType == "BINARY"
