@@ -80,6 +80,36 @@ def score(pred, gt, zs, annotated, sp):
             "evaluated_slices": len(ev), "neighbour_slices": len(nb)}
 
 
+def nuclei_check(max_objects=12):
+    """A second, different kind of data: the 12 stardist nuclei spanning most z-slices (touching, same intensity)."""
+    import tifffile
+
+    from segcore.volume import interpolate_shapes, propagate
+
+    folder = DATA.parent / "stardist"
+    img = tifffile.imread(folder / "img3d.tif").astype(np.float32)
+    lab = tifffile.imread(folder / "mask3d.tif")
+    extent = sorted(((int((lab == i).reshape(lab.shape[0], -1).any(1).sum()), i) for i in range(1, int(lab.max()) + 1)),
+                    reverse=True)
+    rows = []
+    for n, i in extent[:max_objects]:
+        if n < 5:
+            break
+        gt = (lab == i).astype(np.uint8)
+        zs = np.flatnonzero(gt.reshape(gt.shape[0], -1).any(1))
+        ann = {z: gt[z] for z in pick(zs)}
+        sp = (1.0, 1.0, 1.0)
+        a = score(interpolate_shapes(ann, gt.shape, sp), gt, zs, ann, sp)
+        b = score(propagate(img, ann, spacing=sp), gt, zs, ann, sp)
+        rows.append({"nucleus": int(i), "slices": int(n), "interpolation": a["dice"], "propagate": b["dice"],
+                     "interpolation_inside": a["dice_inside_range"], "propagate_inside": b["dice_inside_range"],
+                     "propagate_neighbour_fp_px": b["neighbour_fp_px"]})
+    gains = [r["propagate"] - r["interpolation"] for r in rows]
+    return {"rows": rows, "mean_interpolation": round(float(np.mean([r["interpolation"] for r in rows])), 4),
+            "mean_propagate": round(float(np.mean([r["propagate"] for r in rows])), 4),
+            "mean_gain": round(float(np.mean(gains)), 4), "worst_gain": round(float(np.min(gains)), 4)}
+
+
 def fine_tune_predict(vol, gt, annotated, model, config, epochs=12):
     """Fine-tune a copy of the default model on the annotated slices; its argmax (class 1) on every slice."""
     from segcore.infer import predict_batch
@@ -149,8 +179,18 @@ def main():
     summary = {m: round(float(np.mean([r[m]["dice"] for r in rows])), 4)
                for m in ("interpolation", "propagate", "fine_tune", "propagate_with_fine_tuned_model")
                if all(m in r for r in rows)}
+    nuclei = nuclei_check()
+    print("nuclei", {k: nuclei[k] for k in ("mean_interpolation", "mean_propagate", "mean_gain", "worst_gain")})
     out = {
         "rows": rows,
+        "nuclei_check": nuclei,
+        "note": "propagate's settings (gentle CRF, 7 mm band, leave-one-out choice of the intensity weight) were "
+                "chosen while looking at these radiomics configurations and at the stardist nuclei check, so "
+                "neither is a clean held-out set. The gain comes mostly from the slices outside the annotated range "
+                "(shape interpolation leaves them empty; propagate extrapolates while the image supports it); "
+                "inside the range propagate is at least as good as interpolation on 6 of 7 configurations. On "
+                "touching nuclei of one intensity (stardist) the intensity model cannot separate neighbours and "
+                "extrapolation runs into the nucleus above/below (false positives).",
         "extrapolation_only": extrap,
         "mean_dice": summary,
         "mean_gain_propagate_vs_interpolation": round(float(np.mean(gains)), 4),

@@ -518,7 +518,8 @@ class PropagateConfig:
     evidence fades: a slice's region must keep at least ``min_evidence`` of the annotated slices' mean
     log-likelihood ratio, at least ``min_overlap`` overlap with the previous slice's region, at most
     ``max_growth`` times its area, and at most ``max_extrapolate_radii`` x the last region's equivalent radius
-    in distance.
+    in distance. With ``self_check`` and at least 3 annotated slices, the intensity weight is chosen among
+    ``self_check_weights`` by predicting each inner annotated slice from its neighbours (leave-one-out).
     """
 
     prior_tau_mm: float = 1.0
@@ -538,6 +539,9 @@ class PropagateConfig:
     max_growth: float = 1.3
     max_extrapolate_radii: float = 1.5
     min_area_px: int = 4
+    self_check: bool = True
+    self_check_weights: tuple[float, ...] = (0.0, 0.5, 1.0)
+    self_check_margin: float = 0.02
 
 
 class _IntensityModel:
@@ -587,7 +591,8 @@ class _IntensityModel:
         return np.clip((img - self.view_lo) / (self.view_hi - self.view_lo) * 255.0, 0, 255).astype(np.uint8)
 
 
-def _solve_slice(img, logits_prior, classes, im: _IntensityModel, cfg: PropagateConfig, model_logodds=None):
+def _solve_slice(img, logits_prior, classes, im: _IntensityModel, cfg: PropagateConfig, model_logodds=None,
+                 intensity_weight: float | None = None):
     """Posterior over (background, classes...) for one slice, CRF-smoothed: returns ``H,W,K+1`` probabilities."""
     from .refine import dense_crf
 
@@ -595,7 +600,8 @@ def _solve_slice(img, logits_prior, classes, im: _IntensityModel, cfg: Propagate
     k = len(classes)
     logits = np.zeros((h, w, k + 1), np.float32)
     for i, c in enumerate(classes):
-        logits[..., i + 1] = logits_prior[i] + cfg.intensity_weight * im.log_ratio(img, c)
+        wi = cfg.intensity_weight if intensity_weight is None else intensity_weight
+        logits[..., i + 1] = logits_prior[i] + wi * im.log_ratio(img, c)
         if model_logodds is not None:
             logits[..., i + 1] += cfg.model_weight * model_logodds[i]
     logits -= logits.max(-1, keepdims=True)
@@ -693,10 +699,20 @@ def propagate(volume: np.ndarray, annotated: Mapping[int, np.ndarray], *, model=
         return [np.log(p[..., c] / p[..., 0]) if c < p.shape[-1] else np.zeros(p.shape[:2], np.float32)
                 for c in classes]
 
-    def solve(z: int, sdf_list, dist_mm: float) -> np.ndarray:
+    weight = {"intensity": cfg.intensity_weight}
+
+    def solve(z: int, sdf_list, dist_mm: float, model_im: _IntensityModel | None = None) -> np.ndarray:
+        if weight["intensity"] == 0 and model is None:  # the image is not trusted: the interpolated shape itself
+            lab = np.zeros(vol.shape[1:], np.uint8)
+            best = np.full(vol.shape[1:], np.inf, np.float32)
+            for c, sd in zip(classes, sdf_list):
+                take = (sd < 0) & (sd < best)
+                lab[take] = c
+                best = np.minimum(best, sd)
+            return lab
         tau = cfg.prior_tau_mm + cfg.prior_tau_per_mm * dist_mm
         prior = [np.clip(-s / tau, -30, 30) for s in sdf_list]
-        p = _solve_slice(vol[z], prior, classes, im, cfg, model_logodds(z))
+        p = _solve_slice(vol[z], prior, classes, model_im or im, cfg, model_logodds(z), weight["intensity"])
         lab = np.zeros(vol.shape[1:], np.uint8)
         arg = p.argmax(-1)
         for i, c in enumerate(classes):
@@ -709,6 +725,8 @@ def propagate(volume: np.ndarray, annotated: Mapping[int, np.ndarray], *, model=
         lab[near] = 0
         return _keep_supported(lab, support)
 
+    if cfg.self_check and len(keys) >= 3:
+        weight["intensity"] = _self_check(vol, ann, keys, classes, sp, cfg, sdfs, solve, weight)
     n_total = max(len(todo), 1)
     for i, z in enumerate(todo):
         a = max(k for k in keys if k < z)
@@ -718,12 +736,41 @@ def propagate(volume: np.ndarray, annotated: Mapping[int, np.ndarray], *, model=
         out[z] = solve(z, sdf_z, min(z - a, b - z) * sp[0])
         if progress is not None:
             progress(0.8 * (i + 1) / n_total, f"Slice {z}")
+    weight["intensity"] = cfg.intensity_weight  # extrapolation always needs (and checks) the image evidence
     if cfg.extrapolate:
         for start, step in ((keys[0], -1), (keys[-1], 1)):
             _extrapolate(vol, out, start, step, classes, im, sp, cfg, solve)
     if progress is not None:
         progress(1.0, "Done")
     return out
+
+
+def _self_check(vol, ann, keys, classes, sp, cfg, sdfs, solve, weight) -> float:
+    """Leave each inner annotated slice out, predict it from its annotated neighbours with each candidate
+    intensity weight (the intensity model learned without it), and return the weight with the best mean Dice.
+
+    This lets the user's own corrections decide how much the image is trusted: where the intensity model
+    does not separate the object from its surroundings (e.g. touching objects of one intensity), the
+    interpolated shape is kept. A weight must beat the lowest one by ``self_check_margin``.
+    """
+    scores = {w: [] for w in cfg.self_check_weights}
+    for j in range(1, len(keys) - 1):
+        z, a, b = keys[j], keys[j - 1], keys[j + 1]
+        rest = {k: m for k, m in ann.items() if k != z}
+        im_loo = _IntensityModel(vol, rest, classes, sp[1:], cfg)
+        t = (z - a) / (b - a)
+        sdf_z = [(1 - t) * sa + t * sb for sa, sb in zip(sdfs[a], sdfs[b])]
+        for w in cfg.self_check_weights:
+            weight["intensity"] = w
+            lab = solve(z, sdf_z, min(z - a, b - z) * sp[0], im_loo)
+            d = [2 * ((lab == c) & (ann[z] == c)).sum() / max((lab == c).sum() + (ann[z] == c).sum(), 1)
+                 for c in classes]
+            scores[w].append(float(np.mean(d)))
+    mean = {w: float(np.mean(scores[w])) for w in cfg.self_check_weights}
+    base = min(cfg.self_check_weights)
+    best = max(cfg.self_check_weights, key=lambda w: (round(mean[w], 3), -w))
+    # the image must earn its weight: a gain below the margin keeps the lowest weight
+    return float(best if mean[best] >= mean[base] + cfg.self_check_margin else base)
 
 
 def _extrapolate(vol, out, start, step, classes, im, sp, cfg, solve) -> None:
