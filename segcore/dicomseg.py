@@ -259,6 +259,7 @@ def read_seg(data: bytes, scan: Scan, class_names: Sequence[str] | None = None, 
     positions = np.array([p for p in refs.get("positions") or [] if p is not None], float)
     out = np.zeros(shape, np.uint8)
     placed = 0
+    shared = (getattr(ds, "SharedFunctionalGroupsSequence", None) or [None])[0]
     for f, item in enumerate(getattr(ds, "PerFrameFunctionalGroupsSequence", [])):
         k, referenced = None, False
         for der in getattr(item, "DerivationImageSequence", []):
@@ -273,7 +274,11 @@ def read_seg(data: bytes, scan: Scan, class_names: Sequence[str] | None = None, 
                 k = int(np.argmin(d)) if d.min() < 1e-2 else None
         if k is None:
             continue
-        seg_num = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        ident = getattr(item, "SegmentIdentificationSequence", None) or getattr(shared, "SegmentIdentificationSequence",
+                                                                                None)
+        if not ident:
+            continue
+        seg_num = int(ident[0].ReferencedSegmentNumber)
         out[k][pix[f] > 0] = seg_to_class.get(seg_num, seg_num)
         placed += 1
     if placed == 0:

@@ -104,3 +104,12 @@ def test_nifti_label_volume_for_a_dicom_series_is_on_the_series_affine():
     np.testing.assert_array_equal(back.pixels, labels)
     np.testing.assert_allclose(back.affine, scan.affine, atol=1e-5)
     assert back.spacing == pytest.approx(scan.spacing)
+
+
+def test_single_segment_seg_imports():
+    """With one segment highdicom puts the segment identification in the shared functional groups."""
+    from segcore.dicomseg import read_seg, write_seg
+
+    scan, labels, _ = _scan_and_labels()
+    only = np.where(labels == 2, 2, 0).astype(np.uint8)
+    np.testing.assert_array_equal(read_seg(write_seg(only, scan, NAMES, "v1", corrected=True), scan, NAMES), only)
