@@ -58,7 +58,8 @@ import numpy as np
 from .io import Scan, ScanError, load_scan
 from .limits import LimitExceeded, Limits
 
-__all__ = ["MAX_ZIP_MEMBERS", "SeriesChoiceError", "SeriesInfo", "load_series", "load_zip", "read_zip_members"]
+__all__ = ["MAX_ZIP_MEMBERS", "SeriesChoiceError", "SeriesInfo", "load_series", "load_zip", "read_zip_members",
+           "series_zip"]
 
 MAX_ZIP_MEMBERS = 20000
 _SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -344,6 +345,17 @@ def read_zip_members(data: bytes, name: str = "upload.zip", limits: Limits | Non
     return members, ignored
 
 
+def series_zip(items: Sequence[tuple[str, bytes]]) -> bytes:
+    """The files of a series as one zip (stored, not recompressed): a single blob that :func:`load_scan` reads back
+    as the same series, e.g. to keep a multi-file upload as one review case."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for i, (name, data) in enumerate(items):
+            base = PurePosixPath(str(name).replace("\\", "/")).name or f"file{i:05d}"
+            z.writestr(f"{i:05d}_{base}", bytes(data))
+    return buf.getvalue()
+
+
 def load_zip(data: bytes, name: str = "upload.zip", *, series_uid: str | None = None,
              limits: Limits | None = None) -> Scan:
     """One DICOM series from the bytes of a zip (see :func:`read_zip_members` for what is accepted).
@@ -513,8 +525,9 @@ def load_series(items: Iterable[Any], *, series_uid: str | None = None, limits: 
     -------
     Scan
         ``format="dicom"``, ``pixels`` ``D,H,W`` (``H,W`` for a one-image series), ``spacing``, ``affine`` and
-        ``metadata`` with technical tags, ``warnings`` (list of str), ``skipped`` (list of ``{"name", "reason"}``),
-        ``series_description`` and ``dicom_refs`` (see the module docstring).
+        ``metadata`` with technical tags, ``warnings`` (list of str), ``skipped`` (list of ``{"name", "reason"}``)
+        and ``dicom_refs`` (see the module docstring). The SeriesDescription (free text, which may name a person)
+        is only shown in the pick list of :class:`SeriesChoiceError`, never kept.
 
     Raises
     ------
@@ -588,7 +601,6 @@ def load_series(items: Iterable[Any], *, series_uid: str | None = None, limits: 
     metadata.update({
         "series": True,
         "num_files": len({s.file for s in slices}),
-        "series_description": head.description,
         "warnings": warnings,
         "skipped": skipped,
         "dicom_refs": {

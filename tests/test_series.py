@@ -193,3 +193,15 @@ def test_zip_member_lying_about_its_size_is_stopped():
     data[cd + 24:cd + 28] = (1000).to_bytes(4, "little")
     with pytest.raises(ScanError, match=r"a.dcm: unreadable zip member: Bad CRC-32"):
         load_zip(bytes(data), "lie.zip")
+
+
+def test_series_zip_round_trips_through_load_scan():
+    from segcore.series import series_zip
+
+    vol = volume(5)
+    files = write_series(vol)
+    scan = load_scan(series_zip(files[::-1]), "case.zip")
+    np.testing.assert_array_equal(scan.pixels, vol.astype(np.float32))
+    direct = load_series(files)
+    assert scan.metadata["dicom_refs"] == direct.metadata["dicom_refs"]
+    assert "CT thorax" not in repr(scan.metadata)  # the free-text series description is not kept
