@@ -143,7 +143,9 @@ def main():
                 "of 8 overlapped with the per-slice refinement (dense CRF, closing, small components), then the "
                 "3-D refinement (hole filling, small components in mm³).", "",
                 "| measure | value | target |", "|---|---|---|",
-                f"| wall time | {v['wall_s']} s | ≤ {vol['target']['wall_s']} s |",
+                f"| wall time of `segment_volume` | {v['wall_s']} s | ≤ {vol['target']['wall_s']} s |",
+                f"| `load_series` of the {v.get('series_files')} shuffled DICOM files (before) | "
+                f"{v.get('load_series_s')} s | |",
                 f"| peak RSS (VmHWM, whole process) | {v['peak_rss_mb']} MB | ≤ {vol['target']['peak_rss_mb']} MB |",
                 f"| busy time: model / per-slice refinement / 3-D refinement | {t['predict']} s / {t['refine_2d']} s"
                 f" / {t['refine_3d']} s | |",
