@@ -213,3 +213,28 @@ def test_interpolate_shapes_and_propagate_validate_inputs():
     a[2:7, 2:7] = 2
     v = interpolate_shapes({0: a, 4: np.zeros_like(a)}, (5, 9, 9))
     assert v[1].sum() > 0 and v[3].sum() == 0 and set(np.unique(v)) <= {0, 2}
+
+
+def test_propagate_two_classes_lesion_inside_organ():
+    from segcore.volume import interpolate_shapes, propagate
+
+    rng = np.random.default_rng(2)
+    d, size = 14, 64
+    yy, xx = np.mgrid[0:size, 0:size]
+    gt = np.zeros((d, size, size), np.uint8)
+    for z in range(1, 13):
+        r = 18 + 4 * np.sin(z / 4)
+        gt[z][(yy - 32) ** 2 + (xx - 30 - z) ** 2 <= r * r] = 1
+        if 3 <= z <= 10:
+            gt[z][(yy - 30) ** 2 + (xx - 28 - z) ** 2 <= (5 + (z % 3)) ** 2] = 2
+    img = np.choose(gt, [20.0, 80.0, 150.0]) + rng.normal(0, 8, gt.shape)
+    ann = {z: gt[z] for z in (3, 6, 10)}
+    out = propagate(img.astype(np.float32), ann, spacing=(2.0, 1.0, 1.0))
+    interp = interpolate_shapes(ann, gt.shape, (2.0, 1.0, 1.0))
+    ev = [z for z in range(3, 11) if z not in ann]
+    for c in (1, 2):
+        assert _dice(out[ev] == c, gt[ev] == c) > 0.95, c
+    assert _dice(out[ev] == 2, gt[ev] == 2) > _dice(interp[ev] == 2, gt[ev] == 2) + 0.1
+    # the organ continues beyond the annotated range; the lesion (ending at 3 and 10) barely
+    assert _dice(out[[1, 2, 11, 12]] == 1, gt[[1, 2, 11, 12]] == 1) > 0.95
+    assert (out[[1, 2, 11, 12]] == 2).sum() < 0.1 * (gt[[3, 10]] == 2).sum()
