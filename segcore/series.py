@@ -98,6 +98,7 @@ class _Slice:
     frame: int | None  # 0-based frame of a multi-frame file
     position: np.ndarray | None  # ImagePositionPatient, LPS mm
     instance: int | None
+    rescale: tuple[float, float] | None = None  # (slope, intercept) of an enhanced object's functional groups
 
 
 @dataclasses.dataclass
@@ -139,6 +140,18 @@ def _item(ds: Any, seq: str, attr: str):
     if not s:
         return None
     return getattr(s[0], attr, None)
+
+
+def _rescale(group: Any) -> tuple[float, float] | None:
+    """(slope, intercept) of a functional group's PixelValueTransformationSequence, if any."""
+    slope = _item(group, "PixelValueTransformationSequence", "RescaleSlope")
+    inter = _item(group, "PixelValueTransformationSequence", "RescaleIntercept")
+    if slope is None and inter is None:
+        return None
+    try:
+        return (1.0 if slope is None else float(slope), 0.0 if inter is None else float(inter))
+    except (TypeError, ValueError):
+        return None
 
 
 def _read_header(name: str, data: bytes, index: int, limits: Limits) -> _Header:
@@ -190,15 +203,21 @@ def _read_header(name: str, data: bytes, index: int, limits: Limits) -> _Header:
     slices: list[_Slice] = []
     if frames > 1:
         positions: list[np.ndarray | None] = [None] * frames
+        # enhanced objects keep the rescale in the functional groups (load_scan applies only the top-level one)
+        top_rescale = "RescaleSlope" in ds or "RescaleIntercept" in ds
+        shared_rescale = None if shared is None or top_rescale else _rescale(shared)
+        rescales: list[tuple[float, float] | None] = [shared_rescale] * frames
         if per_frame is not None and len(per_frame) == frames:
             for f, item in enumerate(per_frame):
+                if not top_rescale:
+                    rescales[f] = _rescale(item) or shared_rescale
                 positions[f] = _floats(_item(item, "PlanePositionSequence", "ImagePositionPatient") or [], 3)
                 if orientation is None:
                     orientation = _floats(_item(item, "PlaneOrientationSequence", "ImageOrientationPatient") or [], 6)
                 if spacing is None:
                     spacing = _floats(_item(item, "PixelMeasuresSequence", "PixelSpacing") or [], 2)
         for f in range(frames):
-            slices.append(_Slice(index, f, positions[f], f))
+            slices.append(_Slice(index, f, positions[f], f, rescales[f]))
     else:
         slices.append(_Slice(index, None, _floats(getattr(ds, "ImagePositionPatient", None) or [], 3), instance))
     try:
@@ -236,11 +255,13 @@ def _expand(items: Iterable[Any], limits: Limits, skipped: list[dict]) -> list[t
             else:
                 raise ScanError(f"No such file or folder: '{path}'.")
             pairs = []
+            pending = total
             for p in files:
                 size = p.stat().st_size
-                if total + size > limits.max_bytes:
+                pending += size
+                if pending > limits.max_bytes:
                     raise ScanError(f"The series is over the {limits.max_bytes:,}-byte upload limit "
-                                    "(SEGCORE_MAX_UPLOAD_BYTES) at file '{p.name}'.")
+                                    f"(SEGCORE_MAX_UPLOAD_BYTES) at file '{p.name}'.")
                 pairs.append((p.name, p.read_bytes()))
         else:
             raise ScanError(f"Series items must be paths or (name, bytes) pairs. Got {type(item).__name__}.")
@@ -583,6 +604,8 @@ def load_series(items: Iterable[Any], *, series_uid: str | None = None, limits: 
             continue
         for k, s in where[fidx]:
             pixels[k] = arr[s.frame or 0]
+            if s.rescale is not None and s.rescale != (1.0, 0.0):
+                pixels[k] = pixels[k] * np.float32(s.rescale[0]) + np.float32(s.rescale[1])
             good[k] = True
         if first is None:
             first = one

@@ -123,6 +123,9 @@ def enhanced_multiframe(vol, *, spacing=(2.0, 0.8, 0.7), order=None):
     pm.SliceThickness = str(spacing[0])
     shared.PlaneOrientationSequence = Sequence([po])
     shared.PixelMeasuresSequence = Sequence([pm])
+    pv = Dataset()
+    pv.RescaleIntercept, pv.RescaleSlope, pv.RescaleType = "-1024", "1", "HU"
+    shared.PixelValueTransformationSequence = Sequence([pv])
     ds.SharedFunctionalGroupsSequence = Sequence([shared])
     frames = []
     for k in order:
@@ -132,7 +135,7 @@ def enhanced_multiframe(vol, *, spacing=(2.0, 0.8, 0.7), order=None):
         fg.PlanePositionSequence = Sequence([pp])
         frames.append(fg)
     ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
-    ds.PixelData = np.ascontiguousarray(vol[order].astype(np.int16)).tobytes()
+    ds.PixelData = np.ascontiguousarray((vol[order] + 1024).astype(np.int16)).tobytes()  # stored = HU + 1024
     buf = io.BytesIO()
     pydicom.dcmwrite(buf, ds, enforce_file_format=True)
     return ("enhanced.dcm", buf.getvalue())

@@ -129,7 +129,8 @@ def test_a_corrupt_member_is_named_and_the_rest_is_kept():
         load_series([garbage])
 
 
-def test_enhanced_multiframe_file_is_sorted_by_per_frame_positions():
+def test_enhanced_multiframe_file_is_sorted_by_per_frame_positions_and_rescaled():
+    """Frames stored out of order, HU + 1024 with the rescale only in the shared functional groups."""
     vol = volume(5)
     scan = load_series([enhanced_multiframe(vol, order=[3, 0, 4, 1, 2])])
     np.testing.assert_array_equal(scan.pixels, vol.astype(np.float32))
