@@ -711,13 +711,21 @@ def propagate(volume: np.ndarray, annotated: Mapping[int, np.ndarray], *, model=
                 best = np.minimum(best, sd)
             return lab
         tau = cfg.prior_tau_mm + cfg.prior_tau_per_mm * dist_mm
-        prior = [np.clip(-s / tau, -30, 30) for s in sdf_list]
-        p = _solve_slice(vol[z], prior, classes, model_im or im, cfg, model_logodds(z), weight["intensity"])
-        lab = np.zeros(vol.shape[1:], np.uint8)
-        arg = p.argmax(-1)
-        for i, c in enumerate(classes):
-            lab[arg == i + 1] = c
         reach = cfg.band_mm + 0.5 * dist_mm
+        lab = np.zeros(vol.shape[1:], np.uint8)
+        # only the neighbourhood the result may reach is solved (plus room for the CRF's kernels)
+        box = _bbox(np.minimum.reduce([np.asarray(sd) for sd in sdf_list]) <= reach,
+                    margin=int(np.ceil(cfg.crf.get("sxy_bilateral", 10))) + 2)
+        if box is None:
+            return lab
+        prior = [np.clip(-sd[box] / tau, -30, 30) for sd in sdf_list]
+        logodds = model_logodds(z)
+        p = _solve_slice(vol[z][box], prior, classes, model_im or im, cfg,
+                         None if logodds is None else [lo[box] for lo in logodds], weight["intensity"])
+        arg = p.argmax(-1)
+        crop = lab[box]
+        for i, c in enumerate(classes):
+            crop[arg == i + 1] = c
         support = {c: (s < 0) if (s < 0).any() else (s <= s.min() + 1e-6) for c, s in zip(classes, sdf_list)}
         near = np.zeros(lab.shape, bool)
         for c, s in zip(classes, sdf_list):
