@@ -116,13 +116,21 @@ def label_3d(binary: np.ndarray, connectivity: int = 26) -> tuple[int, np.ndarra
     src, dst = [], []
     for z in range(d - 1):
         a, c = lab[z], lab[z + 1]
+        if not (a.any() and c.any()):
+            continue
+        pa, pc = [], []
         for dy, dx in _CROSS[connectivity]:
             sa = a[max(0, -dy):h - max(0, dy), max(0, -dx):w - max(0, dx)]
             sc = c[max(0, dy):h - max(0, -dy), max(0, dx):w - max(0, -dx)]
             m = (sa > 0) & (sc > 0)
             if m.any():
-                src.append(sa[m])
-                dst.append(sc[m])
+                pa.append(sa[m])
+                pc.append(sc[m])
+        if pa:  # distinct label pairs only (CSR conversion sums duplicates in linear time): memory stays small
+            pair = coo_matrix((np.ones(sum(x.size for x in pa), np.int8), (np.concatenate(pa), np.concatenate(pc))),
+                              shape=(offset + 1, offset + 1)).tocsr().tocoo()
+            src.append(pair.row)
+            dst.append(pair.col)
     if not src:
         return offset, lab
     s, t = np.concatenate(src), np.concatenate(dst)
@@ -136,7 +144,8 @@ def label_3d(binary: np.ndarray, connectivity: int = 26) -> tuple[int, np.ndarra
     new_id = np.zeros(n_comp, np.int32)
     new_id[order] = np.arange(1, order.size + 1, dtype=np.int32)
     lut = np.concatenate([[0], new_id[comp[1:]]]).astype(np.int32)
-    return int(order.size), lut[lab]
+    np.take(lut, lab, out=lab, mode="clip")  # relabel in place: no second label volume
+    return int(order.size), lab
 
 
 def _component_sizes(binary: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray, tuple | None]:
@@ -166,11 +175,11 @@ def remove_small_3d(labels: np.ndarray, min_volume: float, *, spacing: Sequence[
         sizes, lab, box = _component_sizes(labels == c, connectivity)
         if box is None:
             continue
-        small = np.flatnonzero(sizes * vox < min_volume)
-        small = small[small != 0]
-        if small.size:
+        small = sizes * vox < min_volume
+        small[0] = False
+        if small.any():
             region = out[box]
-            region[np.isin(lab, small)] = 0
+            region[small[lab]] = 0
     return out
 
 
@@ -216,11 +225,11 @@ def fill_holes_3d(labels: np.ndarray, classes: Sequence[int] | None = None) -> n
         for face in (lab[0], lab[-1], lab[:, 0], lab[:, -1], lab[:, :, 0], lab[:, :, -1]):
             border[np.unique(face)] = True
         sizes = np.bincount(lab.ravel(), minlength=n + 1)
-        bg = np.bincount(lab.ravel(), weights=(region == 0).ravel(), minlength=n + 1)
-        fill = np.flatnonzero(~border & (sizes == bg) & (sizes > 0))
-        fill = fill[fill != 0]
-        if fill.size:
-            region[np.isin(lab, fill)] = c
+        holds_other = np.bincount(lab[other & (region != 0)], minlength=n + 1) > 0  # another class inside
+        fill = ~border & ~holds_other & (sizes > 0)
+        fill[0] = False
+        if fill.any():
+            region[fill[lab]] = c
     return out
 
 
