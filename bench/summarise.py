@@ -153,7 +153,9 @@ def main():
                 f"| one-slice pipeline (`segment` per slice, {b['slices']} slices extrapolated to 300) | "
                 f"{b['extrapolated_300_s']} s | |",
                 f"| speed-up over the one-slice pipeline | {vol['speedup_vs_per_slice']}× | |", "",
-                f"{vol['note']}. Command: `{vol['command']}`.", ""]
+                f"{vol['note']}. Load average (1, 5, 15 min) before/after the run: "
+                f"{vol.get('load_average_before_after')} on {vol['cores']} cores (other jobs on the shared machine "
+                f"inflate the times). Command: `{vol['command']}`.", ""]
     prop = load("propagate.json")
     if prop:
         methods = [m for m in ("interpolation", "fine_tune", "propagate", "propagate_with_fine_tuned_model")

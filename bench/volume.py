@@ -148,6 +148,7 @@ def main() -> None:
         print(json.dumps(child(sys.argv[2])))
         return
     results = {}
+    load_before = Path("/proc/loadavg").read_text().split()[:3]
     for which in ("volume", "per_slice_baseline"):
         r = subprocess.run([sys.executable, __file__, "--child", which], capture_output=True, text=True,
                            cwd=ROOT, timeout=1800, check=False)
@@ -160,6 +161,7 @@ def main() -> None:
         "shape": list(SHAPE),
         "spacing_mm": [1.5, 0.7, 0.7],
         "cores": os.cpu_count(),
+        "load_average_before_after": [load_before, Path("/proc/loadavg").read_text().split()[:3]],
         "segment_volume": v,
         "per_slice_baseline": b,
         "speedup_vs_per_slice": round(b["extrapolated_300_s"] / v["wall_s"], 2),
