@@ -144,6 +144,10 @@ def main():
                 "3-D refinement (hole filling, small components in mm³).", "",
                 "| measure | value | target |", "|---|---|---|",
                 f"| wall time of `segment_volume` | {v['wall_s']} s | ≤ {vol['target']['wall_s']} s |",
+                f"| CPU time: all threads / main thread (refinement) | {v.get('cpu_s_all_threads')} s / "
+                f"{v.get('cpu_s_main_thread')} s | |",
+                f"| estimated wall time on an idle 2-core machine (max of main-thread CPU, all CPU / 2) | "
+                f"{v.get('idle_machine_estimate_s')} s | ≤ {vol['target']['wall_s']} s |",
                 f"| `load_series` of the {v.get('series_files')} shuffled DICOM files (before) | "
                 f"{v.get('load_series_s')} s | |",
                 f"| peak RSS (VmHWM, whole process) | {v['peak_rss_mb']} MB | ≤ {vol['target']['peak_rss_mb']} MB |",

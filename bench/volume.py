@@ -125,12 +125,24 @@ def child(which: str) -> dict:
     predict_batch(model, [scan.pixels[0]] * 8, config)
     base_rss = _rss_mb()
     if which == "volume":
+        import resource
+
+        def cpu() -> float:
+            r = resource.getrusage(resource.RUSAGE_SELF)
+            return r.ru_utime + r.ru_stime
+
+        c0, m0 = cpu(), time.thread_time()
         t0 = time.perf_counter()
         seg = segment_volume(scan, model, config)
         wall = time.perf_counter() - t0
+        cpu_total, cpu_main = cpu() - c0, time.thread_time() - m0
         vols = seg.volumes_ml()
         return {"wall_s": round(wall, 2), "peak_rss_mb": _hwm_mb(), "rss_before_mb": base_rss,
                 "load_series_s": load_s, "series_files": scan.metadata.get("num_files"),
+                "cpu_s_all_threads": round(cpu_total, 2), "cpu_s_main_thread": round(cpu_main, 2),
+                # on an otherwise idle 2-core machine the wall time is at least the busier of: the main thread's
+                # CPU time (refinement runs there), half the process's CPU time (2 cores)
+                "idle_machine_estimate_s": round(max(cpu_main, cpu_total / 2), 2),
                 "timings": seg.timings, "volumes_ml": vols, "components": len(seg.components()),
                 "probs_dtype": str(seg.probs.dtype), "probs_mb": round(seg.probs.nbytes / 1e6, 1),
                 "foreground_fraction": round(float((seg.refined > 0).mean()), 4)}
