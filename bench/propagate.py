@@ -188,7 +188,7 @@ def main():
                 "chosen while looking at these radiomics configurations and at the stardist nuclei check, so "
                 "neither is a clean held-out set. The gain comes mostly from the slices outside the annotated range "
                 "(shape interpolation leaves them empty; propagate extrapolates while the image supports it); "
-                "inside the range propagate is at least as good as interpolation on 6 of 7 configurations. On "
+                "inside the range see the split per configuration. On "
                 "touching nuclei of one intensity (stardist) the intensity model cannot separate neighbours and "
                 "extrapolation runs into the nucleus above/below (false positives).",
         "extrapolation_only": extrap,
