@@ -113,3 +113,21 @@ def test_single_segment_seg_imports():
     scan, labels, _ = _scan_and_labels()
     only = np.where(labels == 2, 2, 0).astype(np.uint8)
     np.testing.assert_array_equal(read_seg(write_seg(only, scan, NAMES, "v1", corrected=True), scan, NAMES), only)
+
+
+def test_seg_for_a_real_one_image_series(pydicom_files):
+    import highdicom as hd
+    import pydicom
+
+    from segcore.dicomseg import read_seg, write_seg
+
+    path = pydicom_files / "CT_small.dcm"
+    scan = load_series([path])
+    labels = np.zeros(scan.pixels.shape, np.uint8)
+    labels[40:80, 30:90] = 2
+    data = write_seg(labels, scan, NAMES, "v1", corrected=False)
+    seg = hd.seg.segread(io.BytesIO(data))
+    src = pydicom.dcmread(path)
+    assert seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    assert seg.StudyInstanceUID == src.StudyInstanceUID
+    np.testing.assert_array_equal(read_seg(data, scan, NAMES), labels)

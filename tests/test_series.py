@@ -206,3 +206,17 @@ def test_series_zip_round_trips_through_load_scan():
     direct = load_series(files)
     assert scan.metadata["dicom_refs"] == direct.metadata["dicom_refs"]
     assert "CT thorax" not in repr(scan.metadata)  # the free-text series description is not kept
+
+
+def test_a_real_single_file_is_a_one_image_series(pydicom_files):
+    """pydicom's CT_small.dcm (a real CT slice) loads as a 2-D scan that keeps its references and geometry."""
+    import pydicom
+
+    path = pydicom_files / "CT_small.dcm"
+    ds = pydicom.dcmread(path)
+    scan = load_series([path])
+    np.testing.assert_array_equal(scan.pixels, load_scan(path).pixels)
+    assert scan.pixels.ndim == 2 and scan.metadata["dicom_refs"]["sop_instance_uids"] == [ds.SOPInstanceUID]
+    ipp = [float(v) for v in ds.ImagePositionPatient]
+    np.testing.assert_allclose(scan.affine @ [0, 0, 0, 1], [-ipp[0], -ipp[1], ipp[2], 1], atol=1e-4)
+    assert str(ds.PatientName) not in repr(scan.metadata)
