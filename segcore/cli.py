@@ -212,6 +212,53 @@ def _cmd_train_instances(args) -> int:
     return 0
 
 
+def _cmd_segment_volume(args) -> int:
+    """One volume (a DICOM series folder/zip/files, NIfTI or NRRD) -> NIfTI label volume (+ DICOM SEG for series)."""
+    from .dicomseg import seg_not_offered_reason, write_seg
+    from .io import ScanError, load_scan
+    from .models import load_model
+    from .pipeline import segment_volume
+    from .series import SeriesChoiceError, load_series
+    from .viz import nifti_bytes
+
+    try:
+        inputs = [Path(p) for p in args.input]
+        if len(inputs) > 1 or inputs[0].is_dir():
+            scan = load_series(inputs, series_uid=args.series_uid,
+                               name=inputs[0].name if inputs[0].is_dir() else None)
+        else:
+            scan = load_scan(inputs[0])
+    except SeriesChoiceError as exc:
+        print(f"{exc}\nPick one with --series-uid.", file=sys.stderr)
+        return 2
+    except ScanError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    for w in scan.metadata.get("warnings", []):
+        print(f"warning: {w}", file=sys.stderr)
+    model, config = load_model(args.model)
+
+    def bar(fraction: float, message: str) -> None:
+        print(f"\r[{'#' * int(30 * fraction):<30}] {message:<24}", end="", file=sys.stderr, flush=True)
+
+    seg = segment_volume(scan, model, config, progress=bar, keep_probs=False)
+    print(file=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(scan.source_name.split(" ")[0]).name.split(".")[0] or "volume"
+    (out / f"{stem}_labels.nii.gz").write_bytes(nifti_bytes(seg.refined, scan))
+    written = [f"{stem}_labels.nii.gz"]
+    reason = seg_not_offered_reason(scan)
+    if reason is None and seg.refined.any():
+        (out / f"{stem}_seg.dcm").write_bytes(write_seg(seg.refined, scan, config.class_names, config.version,
+                                                        corrected=False))
+        written.append(f"{stem}_seg.dcm")
+    elif reason:
+        print(f"note: {reason}", file=sys.stderr)
+    print(json.dumps({"written": written, "volumes_ml": seg.volumes_ml(), "seconds": seg.timings["total"]}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m segcore", description="segcore command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -272,6 +319,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json-report", default=None, help="also write the run's summary to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("segment-volume", help="segment a whole volume (DICOM series, NIfTI, NRRD): NIfTI + DICOM SEG")
+    p.add_argument("input", nargs="+", help="a DICOM series folder, its files, a .zip of them, or a NIfTI/NRRD file")
+    p.add_argument("--series-uid", default=None, help="SeriesInstanceUID to use when the input holds several")
+    p.add_argument("--model", default="sample_data/models/default")
+    p.add_argument("--out", default="predictions")
+    p.set_defaults(func=_cmd_segment_volume)
 
     p = sub.add_parser("make-sample-data", help="regenerate the synthetic phantom set byte-for-byte")
     p.add_argument("--out", default="sample_data/phantom")

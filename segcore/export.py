@@ -1,4 +1,8 @@
-"""Export a review session: label maps (PNG, NIfTI), COCO JSON with RLE, a verdict CSV and an HTML report."""
+"""Export a review session: label maps (PNG, NIfTI), COCO JSON with RLE, a verdict CSV and an HTML report.
+
+Volume cases (3-D masks) export a NIfTI label volume per verdict on the scan's affine, and a DICOM SEG when the
+scan is a DICOM series (see :mod:`segcore.dicomseg`); COCO annotations are for 2-D cases only.
+"""
 
 from __future__ import annotations
 
@@ -151,12 +155,18 @@ def export_session(store: ReviewStore, session_id: int, class_names: Sequence[st
                          "dice_model_vs_accepted": json.dumps([round(x, 4) for x in metrics["dice"]]),
                          "iou_model_vs_accepted": json.dumps([round(x, 4) for x in metrics["iou"]]),
                          "hd95_model_vs_accepted": json.dumps(metrics["hd95"]),
-                         "area_change_px": json.dumps(metrics["area_change_px"]),
+                         "area_change_px": json.dumps(metrics.get("area_change_px", metrics.get("voxel_change"))),
+                         "volume_change_ml": json.dumps(metrics.get("volume_change_ml")),
                          "edited_pixels": metrics["edited_pixels"], "uncertainty": round(case.uncertainty, 4),
                          "created_at": str(v["created_at"])})
-            scan, disp = _display(store.scan_bytes(case.id), case.scan_name, case.slice_index)
             mask = store.accepted_mask(v["id"])
             stem = f"case{case.id:04d}_{slug(v['reviewer'])}_v{v['id']}"
+            if mask.ndim == 3:
+                pair = _export_volume(z, store, case, v, mask, stem, sess, class_names)
+                if pair is not None:
+                    report.append((case, v, base64.b64encode(png_bytes(pair)).decode()))
+                continue
+            scan, disp = _display(store.scan_bytes(case.id), case.scan_name, case.slice_index)
             if v["verdict"] != "reject":
                 z.writestr(f"masks/{stem}.png", png_bytes(mask))
                 if scan is not None and scan.affine is not None and scan.is_volume:
@@ -186,6 +196,32 @@ def export_session(store: ReviewStore, session_id: int, class_names: Sequence[st
             records = [r for r in records if r.get("who_id") == who.subject]
         z.writestr("audit_log.json", json.dumps(records, default=str, indent=1))
     return buf.getvalue()
+
+
+def _export_volume(z: zipfile.ZipFile, store: ReviewStore, case, v: dict, mask: np.ndarray, stem: str, sess: dict,
+                   class_names: Sequence[str]) -> np.ndarray | None:
+    """NIfTI (and DICOM SEG for a DICOM series) of a volume verdict; returns the report's overlay pair or None."""
+    try:
+        scan = load_scan(store.scan_bytes(case.id), case.scan_name)
+    except ScanError:
+        scan = None
+    if scan is not None and scan.pixels.shape != mask.shape:
+        scan = None  # not the volume the case was made from: masks still export, on an identity affine
+    if v["verdict"] != "reject":
+        z.writestr(f"masks/{stem}.nii.gz", nifti_bytes(mask, scan))
+        if scan is not None and mask.any():
+            from .dicomseg import seg_not_offered_reason, write_seg
+
+            if seg_not_offered_reason(scan) is None:
+                z.writestr(f"masks/{stem}.seg.dcm", write_seg(mask, scan, class_names, sess["model_version"],
+                                                              corrected=v["verdict"] == "accept_with_edits"))
+    if scan is None:
+        return None
+    model_mask = store.mask(case.id, "refined")
+    area = (mask > 0).reshape(mask.shape[0], -1).sum(1) + (model_mask > 0).reshape(mask.shape[0], -1).sum(1)
+    k = int(np.argmax(area))  # the slice with the most foreground
+    disp = scan.default_display(scan.slice(0, k))
+    return np.concatenate([overlay(disp, model_mask[k], 0.45), overlay(disp, mask[k], 0.45)], axis=1)
 
 
 def _html(sess: dict, rows: list[dict], report) -> str:

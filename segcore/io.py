@@ -46,7 +46,7 @@ __all__ = [
 
 ACCEPTED_FORMATS = (
     "PNG, JPEG, BMP, TIFF (8/16-bit, multi-page), DICOM (.dcm or DICM preamble), "
-    "NIfTI (.nii, .nii.gz) or NRRD (.nrrd, attached data only)"
+    "NIfTI (.nii, .nii.gz), NRRD (.nrrd, attached data only) or a .zip of one DICOM series"
 )
 
 # (center, width) in HU
@@ -203,6 +203,8 @@ def _kind_from_bytes(data: bytes, name: str) -> str:
         return "nifti"
     if data[:4] == b"NRRD":
         return "nrrd"
+    if data[:4] in (b"PK\x03\x04", b"PK\x05\x06") and (lower.endswith(".zip") or not Path(lower).suffix):
+        return "zip"  # a zip named .docx, .xlsx, ... is not a series
     if lower.endswith(".dcm"):
         return "dicom_nopreamble"
     return "unknown"
@@ -221,6 +223,7 @@ _EXT_KIND = {
     ".gz": "nifti_gz",
     ".nrrd": "nrrd",
     ".nhdr": "nrrd",
+    ".zip": "zip",
 }
 
 
@@ -316,6 +319,10 @@ def load_scan(
             f"Rename it to match its content; accepted: {ACCEPTED_FORMATS}."
         )
 
+    if kind == "zip":  # a DICOM series (segcore.series bounds and checks the archive)
+        from .series import load_zip
+
+        return load_zip(data, name, limits=limits)
     label = kind.replace("_gz", "").replace("_nopreamble", "").upper()
     try:
         if kind in ("png", "jpeg", "bmp", "tiff"):

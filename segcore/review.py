@@ -13,6 +13,15 @@ exists from the first migration on), so concurrent processes never fork the
 chain or duplicate case positions. Migrations take the same lock, so several
 processes may open a new database at once.
 
+Volumes
+-------
+A case may be a whole volume (one case per volume, one verdict per volume): its masks are ``D,H,W`` label
+volumes stored as compressed NumPy ``.npz`` blobs (``mask_versions.mask_format = "npz"``; 2-D masks stay PNG,
+``"png"``; rows written before schema v6 have NULL, meaning PNG). Edits on any slice are stored as new mask
+versions (:meth:`ReviewStore.add_mask_version`, and the verdict's correction); the edit effort of a volume
+verdict is measured in 3-D: Dice and IoU per class, HD95 in mm with the 3-D spacing, the volume change in mL
+per class and the number of edited voxels and slices.
+
 What the audit proves
 ---------------------
 Each audit record names the rows its transaction wrote (table, id and the
@@ -110,9 +119,10 @@ mask_versions = Table(
     Column("author", Text, nullable=False),
     Column("model_version", Text, nullable=False),
     Column("refine_params", Text, nullable=False, default="{}"),
-    Column("mask_png", LargeBinary, nullable=False),
+    Column("mask_png", LargeBinary, nullable=False),  # the mask blob: PNG (2-D) or npz (3-D), see mask_format
     Column("mask_sha256", String(64), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("mask_format", String(10), nullable=True),  # v6: "png" | "npz"; NULL (rows before v6) means png
 )
 verdicts = Table(
     "verdicts", metadata,
@@ -227,7 +237,13 @@ def _m5(conn) -> None:
                 conn.execute(text(f"ALTER TABLE {table} ALTER COLUMN {col} TYPE TEXT"))
 
 
-MIGRATIONS = [_m1, _m2, _m3, _m4, _m5]
+def _m6(conn) -> None:
+    # v6: volume cases; the mask blob's format (png for 2-D, npz for 3-D label volumes)
+    if "mask_format" not in _columns(conn, "mask_versions"):
+        conn.execute(text("ALTER TABLE mask_versions ADD COLUMN mask_format VARCHAR(10)"))
+
+
+MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -260,9 +276,20 @@ def _canon_value(v: Any) -> Any:
     return v
 
 
+# columns added after the keyed audit (v3): they enter a row's digest whenever they are set, and rows written
+# before they existed (NULL there) keep the digest their audit record holds
+LATE_COLUMNS = {"mask_versions": ("mask_format",)}
+
+
 def row_digest(table: str, row: Mapping[str, Any]) -> str:
-    """SHA-256 of a row's canonical content (byte columns by the SHA-256 of their bytes)."""
-    return _sha(_canonical({"table": table, **{k: _canon_value(v) for k, v in row.items()}}).encode())
+    """SHA-256 of a row's canonical content (byte columns by the SHA-256 of their bytes).
+
+    A column of :data:`LATE_COLUMNS` is left out only while it is NULL, so setting or changing it on any row
+    changes the digest.
+    """
+    late = LATE_COLUMNS.get(table, ())
+    return _sha(_canonical({"table": table, **{k: _canon_value(v) for k, v in row.items()
+                                               if not (k in late and v is None)}}).encode())
 
 
 def audit_key(data_dir: str | Path | None = None) -> bytes:
@@ -310,10 +337,39 @@ class Case:
     slice_index: int | None
     uncertainty: float
     spacing: tuple | None
+    is_volume: bool = False
 
 
 def _mask_png(mask: np.ndarray) -> bytes:
     return png_bytes(np.asarray(mask).astype(np.uint8))
+
+
+def _encode_mask(mask: np.ndarray) -> tuple[bytes, str]:
+    """``(blob, format)``: PNG for a 2-D label map, compressed npz for a 3-D label volume."""
+    import io
+
+    m = np.asarray(mask).astype(np.uint8)
+    if m.ndim == 2:
+        return _mask_png(m), "png"
+    if m.ndim == 3:
+        buf = io.BytesIO()
+        np.savez_compressed(buf, mask=m)
+        return buf.getvalue(), "npz"
+    raise ValueError(f"A mask must be a 2-D label map (H,W) or a 3-D label volume (D,H,W). Got shape {m.shape}.")
+
+
+def _decode_mask(data: bytes, fmt: str | None) -> np.ndarray:
+    import io
+
+    if fmt in (None, "png"):
+        return decode_png(data)
+    if fmt == "npz":
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            m = z["mask"]
+        if m.ndim != 3 or m.dtype != np.uint8:
+            raise ValueError(f"The stored mask volume is corrupt (shape {m.shape}, dtype {m.dtype}).")
+        return m
+    raise ValueError(f"Unknown stored mask format {fmt!r}: expected 'png' or 'npz'.")
 
 
 class ReviewStore:
@@ -588,9 +644,12 @@ class ReviewStore:
         """
         actor = require(who, "add_case")
         s = self.session(session_id)
-        if np.shape(raw) != np.shape(refined) or np.ndim(raw) != 2:
-            raise ValueError(f"raw and refined must be 2-D masks of one shape. Got {np.shape(raw)} and {np.shape(refined)}.")
-        pngs = {kind: _mask_png(m) for kind, m in (("raw", raw), ("refined", refined))}
+        if np.shape(raw) != np.shape(refined) or np.ndim(raw) not in (2, 3):
+            raise ValueError(f"raw and refined must be 2-D masks or 3-D label volumes of one shape. Got "
+                             f"{np.shape(raw)} and {np.shape(refined)}.")
+        if np.ndim(raw) == 3 and slice_index is not None:
+            raise ValueError(f"A volume case covers every slice: slice_index must be None. Got {slice_index}.")
+        blobs = {kind: _encode_mask(m) for kind, m in (("raw", raw), ("refined", refined))}
         for attempt in range(5):
             try:
                 with self._write() as conn:
@@ -605,7 +664,8 @@ class ReviewStore:
                     for kind, m in (("raw", raw), ("refined", refined)):
                         mvs.append(conn.execute(insert(mask_versions).values(
                             case_id=cid, kind=kind, author=actor.name, model_version=s["model_version"],
-                            refine_params=s["refine_params"] if kind == "refined" else "{}", mask_png=pngs[kind],
+                            refine_params=s["refine_params"] if kind == "refined" else "{}",
+                            mask_png=blobs[kind][0], mask_format=blobs[kind][1],
                             mask_sha256=_sha(np.asarray(m).astype(np.uint8).tobytes()),
                             created_at=_now())).inserted_primary_key[0])
                     rows = self._digest_rows(conn, cases, [cid]) + self._digest_rows(conn, mask_versions, mvs)
@@ -627,9 +687,14 @@ class ReviewStore:
             rows = conn.execute(select(cases.c.id, cases.c.session_id, cases.c.position, cases.c.scan_name,
                                        cases.c.slice_index, cases.c.uncertainty, cases.c.spacing)
                                 .where(cases.c.session_id == session_id).order_by(*key)).mappings().all()
+            ids = [r["id"] for r in rows]
+            volume = {cid for (cid,) in conn.execute(select(mask_versions.c.case_id).where(
+                mask_versions.c.case_id.in_(ids) & (mask_versions.c.kind == "raw")
+                & (mask_versions.c.mask_format == "npz")))} if ids else set()
         return [Case(id=r["id"], session_id=r["session_id"], position=r["position"], scan_name=r["scan_name"],
                      slice_index=r["slice_index"], uncertainty=r["uncertainty"],
-                     spacing=tuple(json.loads(r["spacing"])) if r["spacing"] else None) for r in rows]
+                     spacing=tuple(json.loads(r["spacing"])) if r["spacing"] else None,
+                     is_volume=r["id"] in volume) for r in rows]
 
     def case(self, case_id: int) -> Case:
         with self.engine.connect() as conn:
@@ -645,12 +710,41 @@ class ReviewStore:
     def mask(self, case_id: int, kind: str = "refined") -> np.ndarray:
         """The latest mask version of ``kind`` for a case."""
         with self.engine.connect() as conn:
-            data = conn.execute(select(mask_versions.c.mask_png).where(
+            row = conn.execute(select(mask_versions.c.mask_png, mask_versions.c.mask_format).where(
                 (mask_versions.c.case_id == case_id) & (mask_versions.c.kind == kind))
-                .order_by(mask_versions.c.id.desc()).limit(1)).scalar()
-        if data is None:
+                .order_by(mask_versions.c.id.desc()).limit(1)).first()
+        if row is None:
             raise ValueError(f"Case {case_id} has no {kind} mask.")
-        return decode_png(data)
+        return _decode_mask(row[0], row[1])
+
+    def add_mask_version(self, case_id: int, author: str, mask: np.ndarray, *, kind: str = "edit") -> int:
+        """Store an intermediate edit (e.g. a corrected slice of a volume, or a propagated volume) as a new mask version.
+
+        Versions are immutable: the latest ``kind="edit"`` version is the working mask (:meth:`mask`); the
+        verdict still compares the accepted mask with the model's refined one.
+        """
+        author = (author or "").strip()
+        if not author:
+            raise ValueError("A mask version needs the name of who made it (author is empty).")
+        if kind not in ("edit", "propagated"):
+            raise ValueError(f"kind must be 'edit' or 'propagated'. Got {kind!r}.")
+        model_mask = self.mask(case_id, "refined")
+        m = np.asarray(mask).astype(np.uint8)
+        if m.shape != model_mask.shape:
+            raise ValueError(f"Mask shape {m.shape} does not match the case's {model_mask.shape}.")
+        blob, fmt = _encode_mask(m)
+        with self._write() as conn:
+            case = conn.execute(select(cases.c.session_id).where(cases.c.id == case_id)).first()
+            model_version = conn.execute(select(sessions.c.model_version)
+                                         .where(sessions.c.id == case.session_id)).scalar()
+            mv = conn.execute(insert(mask_versions).values(
+                case_id=case_id, kind=kind, author=author, model_version=model_version, refine_params="{}",
+                mask_png=blob, mask_format=fmt, mask_sha256=_sha(m.tobytes()),
+                created_at=_now())).inserted_primary_key[0]
+            self._append_audit(conn, "mask_version", self._digest_rows(conn, mask_versions, [mv]),
+                               session_id=case.session_id, case_id=case_id, who=author, kind=kind,
+                               mask_sha256=_sha(m.tobytes()))
+        return int(mv)
 
     def mask_versions(self, case_id: int) -> list[dict]:
         with self.engine.connect() as conn:
@@ -694,15 +788,18 @@ class ReviewStore:
         if verdict == "accept" and edited:
             verdict = "accept_with_edits"
         k = max(int(max(accepted.max(initial=0), model_mask.max(initial=0))) + 1, 2)
-        h = hd95(model_mask, accepted, k, spacing)
-        metrics = {
-            "dice": dice(model_mask, accepted, k).tolist(),
-            "iou": iou(model_mask, accepted, k).tolist(),
-            "hd95": [None if not np.isfinite(v) else float(v) for v in h],
-            "area_change_px": [int((accepted == c).sum()) - int((model_mask == c).sum()) for c in range(k)],
-            "edited_pixels": int((accepted != model_mask).sum()),
-        }
-        png = _mask_png(accepted) if edited else None
+        if accepted.ndim == 3:
+            metrics = self._volume_metrics(case_id, model_mask, accepted, k, spacing)
+        else:
+            h = hd95(model_mask, accepted, k, spacing)
+            metrics = {
+                "dice": dice(model_mask, accepted, k).tolist(),
+                "iou": iou(model_mask, accepted, k).tolist(),
+                "hd95": [None if not np.isfinite(v) else float(v) for v in h],
+                "area_change_px": [int((accepted == c).sum()) - int((model_mask == c).sum()) for c in range(k)],
+                "edited_pixels": int((accepted != model_mask).sum()),
+            }
+        blob, fmt = _encode_mask(accepted) if edited else (None, None)
         with self._write() as conn:
             case = conn.execute(select(cases.c.session_id).where(cases.c.id == case_id)).first()
             if case is None:
@@ -716,7 +813,7 @@ class ReviewStore:
             if edited:
                 mv = conn.execute(insert(mask_versions).values(
                     case_id=case_id, kind="correction", author=who.name, model_version=model_version,
-                    refine_params="{}", mask_png=png, mask_sha256=_sha(accepted.tobytes()),
+                    refine_params="{}", mask_png=blob, mask_format=fmt, mask_sha256=_sha(accepted.tobytes()),
                     created_at=_now())).inserted_primary_key[0]
                 rows += self._digest_rows(conn, mask_versions, [mv])
             vid = conn.execute(insert(verdicts).values(
@@ -730,6 +827,30 @@ class ReviewStore:
                                **who.audit_fields(), verdict=verdict, reason_code=reason_code,
                                mask_sha256=_sha(accepted.tobytes()), model_version=model_version)
         return int(vid)
+
+    def _volume_metrics(self, case_id: int, model_mask: np.ndarray, accepted: np.ndarray, k: int, spacing) -> dict:
+        """Edit effort in 3-D: Dice/IoU per class, HD95 in mm, volume change in mL, edited voxels and slices."""
+        from .metrics import dice, iou
+        from .volume import hd95_3d
+
+        if spacing is None:
+            spacing = self.case(case_id).spacing
+        sp = tuple(float(v) for v in spacing) if spacing is not None and len(spacing) == 3 else None
+        vox_ml = (sp[0] * sp[1] * sp[2] / 1000.0) if sp else None
+        change = [int((accepted == c).sum()) - int((model_mask == c).sum()) for c in range(k)]
+        diff = accepted != model_mask
+        h = hd95_3d(model_mask, accepted, k, sp)
+        return {
+            "dimension": 3,
+            "dice": dice(model_mask, accepted, k).tolist(),
+            "iou": iou(model_mask, accepted, k).tolist(),
+            "hd95": [None if not np.isfinite(v) else float(v) for v in h],
+            "hd95_unit": "mm" if sp else "voxels",
+            "voxel_change": change,
+            "volume_change_ml": [None if vox_ml is None else round(v * vox_ml, 6) for v in change],
+            "edited_pixels": int(diff.sum()),
+            "edited_slices": [int(z) for z in np.flatnonzero(diff.reshape(diff.shape[0], -1).any(1))],
+        }
 
     def verdicts(self, session_id: int | None = None) -> list[dict]:
         q = select(verdicts, cases.c.scan_name, cases.c.session_id, cases.c.slice_index).join(
@@ -746,11 +867,11 @@ class ReviewStore:
 
     def accepted_mask(self, verdict_id: int) -> np.ndarray:
         with self.engine.connect() as conn:
-            data = conn.execute(select(mask_versions.c.mask_png).join(
-                verdicts, verdicts.c.mask_version_id == mask_versions.c.id).where(verdicts.c.id == verdict_id)).scalar()
-        if data is None:
+            row = conn.execute(select(mask_versions.c.mask_png, mask_versions.c.mask_format).join(
+                verdicts, verdicts.c.mask_version_id == mask_versions.c.id).where(verdicts.c.id == verdict_id)).first()
+        if row is None:
             raise ValueError(f"No verdict with id {verdict_id}.")
-        return decode_png(data)
+        return _decode_mask(row[0], row[1])
 
     def latest_verdicts(self, session_id: int) -> dict[tuple[int, str], dict]:
         """The latest verdict per (case, reviewer id)."""
@@ -809,6 +930,7 @@ class ReviewStore:
         Shows everyone's masks, so only reviewers of that session (and admins) may see it.
         """
         from .metrics import dice, hd95
+        from .volume import hd95_3d
 
         who = require(viewer, "view_agreement")
         session_id = self.case(case_id).session_id
@@ -826,10 +948,15 @@ class ReviewStore:
                 ma, mb = self.accepted_mask(latest[a]["id"]), self.accepted_mask(latest[b]["id"])
                 k = int(max(ma.max(initial=0), mb.max(initial=0))) + 1
                 fa, fb = (ma > 0).astype(np.uint8), (mb > 0).astype(np.uint8)
+                if fa.ndim == 3:
+                    sp = self.case(case_id).spacing
+                    h = hd95_3d(fa, fb, 2, sp if sp is not None and len(sp) == 3 else None)
+                else:
+                    h = hd95(fa, fb, 2)
                 rows.append({"reviewer_a": a, "reviewer_b": b,
                              "dice_per_class": dice(ma, mb, max(k, 2)).tolist(),
                              "dice_foreground": float(dice(fa, fb, 2)[1]),
-                             "hd95_foreground": float(hd95(fa, fb, 2)[1]),
+                             "hd95_foreground": float(h[1]),
                              "disagreement_px": int((ma != mb).sum())})
         return rows
 
@@ -857,7 +984,7 @@ def submit_verdict(store: ReviewStore, workspace, case_id: int, reviewer: Identi
     require(reviewer, "record_verdict")
     case = store.case(case_id)
     staged = None
-    if verdict != "reject":
+    if verdict != "reject" and not case.is_volume:  # the fine-tuning workspace takes 2-D corrections only
         accepted = store.mask(case_id, "refined") if mask is None else np.asarray(mask)
         staged = workspace.stage_correction(
             store.scan_bytes(case_id), case.scan_name, accepted, author=reviewer, model_version=model_version,

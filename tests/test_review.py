@@ -249,7 +249,7 @@ def test_migration_from_v2_keeps_data_renumbers_positions_and_anchors_the_audit(
     con.executescript((root / "tests" / "data" / "review_v2.sql").read_text())
     con.close()
     st = ReviewStore(data_dir=tmp_path)
-    assert st.schema_version() == SCHEMA_VERSION == 5
+    assert st.schema_version() == SCHEMA_VERSION == 6
     assert [c.position for c in st.cases(1, "upload")] == [0, 1]
     assert st.session(1)["created_by"] == "Dr Old" and len(st.verdicts(1)) == 1
     assert st.verdicts(1)[0]["reviewer_id"] == "local:Dr Old"  # self-declared before sign-in existed
