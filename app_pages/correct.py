@@ -2,15 +2,16 @@
 
 import streamlit as st
 
-from segcore.display import display_image, resolve_window
 from segcore.annotate import changed_pixels
+from segcore.dicomseg import seg_not_offered_reason
+from segcore.display import display_image, resolve_window
 from segcore.labels import load_mask
-from segcore.viz import overlay
+from segcore.viz import nifti_bytes, overlay
 from ui import auth, catalogue, resources, state, widgets
 
 st.title("Correct")
 cur = state.current()
-scan, error = catalogue.open_scan(cur.key, cur.name) if cur else (None, None)
+scan, error = catalogue.open_scan(cur.key, cur.name, cur.series_uid) if cur else (None, None)
 if scan is None:
     if error:
         st.warning(error)
@@ -21,6 +22,11 @@ if scan is None:
 ws = resources.workspace()
 _, _, mconfig = resources.model_for(cur.model_version)
 names = mconfig.class_names
+if scan.is_volume:  # move through the volume here too: correct a few slices, fill the rest, review, repeat
+    z = st.slider("Slice", 0, scan.num_slices - 1, cur.slice_index, key=f"sc_corr_slice_{cur.key[:12]}")
+    cur = state.update_current(slice_index=z)
+marked = st.session_state.setdefault("sc_marked", {}).setdefault(cur.key, {})
+filled = st.session_state.setdefault("sc_filled", {}).get(cur.key)
 seg = resources.segmentation(cur.key, scan, cur.model_version, cur.slice_index, cur.refine)
 image = scan.slice(0, cur.slice_index)
 display = display_image(image, resolve_window(scan, image, cur.window))
@@ -31,13 +37,17 @@ st.markdown(f"**Editing:** {cur.name} · {where} · {image.shape[1]}×{image.sha
 widgets.show_legend(names, prefix="Classes: ")
 
 previous = [c for c in ws.list_corrections() if c.scan_name == cur.name and c.slice_index == cur.slice_index]
-starts = ["refined", "raw"] + (["previous"] if previous else [])
+starts = (["marked"] if cur.slice_index in marked else []) + (["filled"] if filled is not None else []) + \
+    ["refined", "raw"] + (["previous"] if previous else [])
 start = st.radio("Start from", starts, horizontal=True, key="sc_start",
                  format_func=lambda s: {"refined": "refined mask", "raw": "raw mask",
+                                        "marked": "this slice as you marked it",
+                                        "filled": "the volume filled from your corrected slices",
                                         "previous": f"last saved correction ({previous[-1].created_at})"
                                         if previous else ""}[s])
-base_mask = load_mask(previous[-1].mask_path) if start == "previous" else (seg.refined if start == "refined"
-                                                                           else seg.raw)
+base_mask = {"previous": lambda: load_mask(previous[-1].mask_path), "refined": lambda: seg.refined,
+             "raw": lambda: seg.raw, "marked": lambda: marked[cur.slice_index],
+             "filled": lambda: filled[cur.slice_index]}[start]()
 tag = f"sc_corr_{cur.key[:12]}-{cur.slice_index}-{start}"
 
 
@@ -69,6 +79,46 @@ def editor():
 
 
 editor()
+
+if scan.is_volume:
+    st.subheader("Correct a few slices, fill the rest")
+    done = sorted(marked)
+    st.caption(f"Corrected slices: {', '.join(map(str, done)) or 'none yet'}. Mark the slices you corrected (spread "
+               "over the object); *Fill* interpolates their shapes between them and follows the image beyond them, "
+               "then you review any slice here, correct it, mark it and fill again.")
+    c1, c2, c3 = st.columns(3)
+    if c1.button(f"Mark slice {cur.slice_index} as corrected", key="sc_mark"):
+        marked[cur.slice_index] = widgets.edited_mask(tag, base_mask)
+        st.rerun()
+    if c2.button("Unmark", disabled=cur.slice_index not in marked, key="sc_unmark"):
+        marked.pop(cur.slice_index, None)
+        st.rerun()
+    if c3.button(f"Fill the other slices from {widgets.plural(len(done), 'corrected slice')}", type="primary",
+                 disabled=not done, key="sc_fill"):
+        from segcore.volume import propagate
+
+        bar = st.progress(0.0, text="Filling…")
+        st.session_state["sc_filled"][cur.key] = propagate(scan.pixels, dict(marked), spacing=scan.spacing,
+                                                           progress=lambda f, m: bar.progress(f, text=m))
+        st.rerun()
+    if filled is not None:
+        from segcore.volume import class_volumes_ml
+
+        vols = class_volumes_ml(filled, scan.spacing, names)
+        st.success(f"Filled volume from {widgets.plural(len(done), 'corrected slice')}: "
+                   + ", ".join(f"{n} {v} mL" for n, v in vols.items()) + ". Review other slices with the slider "
+                   "and *Start from: the volume filled*.")
+        stem = cur.name.split(".")[0]
+        d1, d2 = st.columns(2)
+        d1.download_button("Filled label volume (NIfTI)", nifti_bytes(filled, scan), f"{stem}_filled.nii.gz",
+                           "application/gzip", key="sc_dl_filled")
+        reason = seg_not_offered_reason(scan)
+        if reason:
+            d2.caption(f"DICOM SEG is not offered: {reason}")
+        else:
+            d2.download_button("Filled segmentation (DICOM SEG, semi-automatic)",
+                               resources.seg_bytes(cur.key, filled, scan, tuple(names), cur.model_version, True),
+                               f"{stem}_seg.dcm", "application/dicom", key="sc_dl_filled_seg")
 saved = ws.list_corrections()
 if saved:
     st.subheader(f"Saved corrections ({len(saved)})")

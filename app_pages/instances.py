@@ -12,7 +12,7 @@ from ui import auth, catalogue, resources, state, widgets
 
 st.title("Instances")
 cur = state.current()
-scan, error = catalogue.open_scan(cur.key, cur.name) if cur else (None, None)
+scan, error = catalogue.open_scan(cur.key, cur.name, cur.series_uid) if cur else (None, None)
 if scan is None:
     st.info("Open a scan on **Segment & compare** first; its objects are corrected here.")
     st.page_link("app_pages/segment.py", label="← Segment & compare", icon=":material/biotech:")

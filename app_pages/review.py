@@ -5,7 +5,7 @@ import time
 
 import streamlit as st
 
-from segcore.annotate import changed_pixels
+from segcore.annotate import changed_pixels, set_slice
 from segcore.display import WindowChoice, display_image, resolve_window
 from segcore.figures import image_panels
 from segcore.io import ScanError, load_scan
@@ -56,9 +56,13 @@ if choice is None:
             st.error("Upload at least one scan, or choose the sample test scans.")
             st.stop()
         sid = store.create_session(sname, reviewer, version, dataclasses.asdict(RefineConfig()))
-        items = ([(u.getvalue(), u.name) for u in ups] if source == "Upload" else
-                 [(p.read_bytes(), p.name) for p in
-                  sorted((catalogue.SAMPLE_DIR / "phantom" / "test" / "images").glob("*.png"))[:10]])
+        if source == "Upload":
+            files = [(u.name, u.getvalue()) for u in ups]
+            series = catalogue.as_series(files)  # several DICOM files: one volume case
+            items = [(series[0], series[1])] if series else [(data, name) for name, data in files]
+        else:
+            items = [(p.read_bytes(), p.name) for p in
+                     sorted((catalogue.SAMPLE_DIR / "phantom" / "test" / "images").glob("*.png"))[:10]]
         bar = st.progress(0.0, text="Segmenting cases…")
         for i, (data, name) in enumerate(items, 1):
             try:
@@ -93,9 +97,18 @@ with tab_review:
     st.session_state.setdefault(timer_key, time.time())
 
     scan = load_scan(store.scan_bytes(case.id), case.scan_name)
-    img = scan.slice(0, case.slice_index)
+    raw_all, refined_all = store.mask(case.id, "raw"), store.mask(case.id, "refined")
+    mine = latest.get((case.id, me))
+    working = store.working_mask(case.id, mine["id"] if mine else None, reviewer.name)
+    z = None
+    if case.is_volume:  # one case per volume: look at any slice, edit any slice, one verdict for the volume
+        z = st.slider("Slice", 0, scan.num_slices - 1, scan.num_slices // 2, key=f"sc_rv_slice_{case.id}")
+        st.caption(f"Volume case: {scan.num_slices} slices; edits on any slice are kept as mask versions and the "
+                   "verdict covers the whole volume.")
+    img = scan.slice(0, z if case.is_volume else case.slice_index)
     disp = display_image(img, resolve_window(scan, img, WindowChoice("file default")))
-    raw, refined = store.mask(case.id, "raw"), store.mask(case.id, "refined")
+    raw = raw_all[z] if case.is_volume else raw_all
+    refined = refined_all[z] if case.is_volume else refined_all
     point_key = f"sc_rv_point_{case.id}"
     point = st.session_state.get(point_key)
     fig = image_panels([("Raw", disp, mask_layer(raw)), ("Refined (model)", disp, mask_layer(refined))],
@@ -108,9 +121,8 @@ with tab_review:
         st.session_state[point_key] = (int(clicked[0]["y"]), int(clicked[0]["x"]))
         st.rerun()
     widgets.show_legend(names, prefix="Overlay colours: ")
-    mine = latest.get((case.id, me))
-    base = store.accepted_mask(mine["id"]) if mine else refined
-    edit_key = f"sc_rv_{case.id}_{me}"
+    base = working[z] if case.is_volume else working
+    edit_key = f"sc_rv_{case.id}_{me}_{z}"
 
     @st.fragment
     def review_editor():
@@ -121,6 +133,12 @@ with tab_review:
     review_editor()
     corrected = widgets.edited_mask(edit_key, base)
     changed = changed_pixels(base, corrected)
+    if case.is_volume:
+        if st.button(f"Keep the edit of slice {z}", disabled=changed == 0, key=f"sc_rv_keep_{case.id}_{z}"):
+            store.add_mask_version(case.id, reviewer, set_slice(working, z, corrected))
+            st.rerun()
+        corrected = set_slice(working, z, corrected)  # the verdict covers the whole volume
+        changed = changed_pixels(refined_all, corrected)
     cols = st.columns([2, 2, 3])
     verdict = cols[0].radio("Verdict", VERDICTS, index=1 if changed else 0, format_func=label,
                             key=f"sc_rv_verdict_{case.id}")
@@ -171,6 +189,7 @@ with tab_review:
         if len(others) >= 2:
             a, b = sorted(others)[:2]
             dis = disagreement_map(store.accepted_mask(others[a]["id"]), store.accepted_mask(others[b]["id"]))
+            dis = dis[z] if case.is_volume else dis
             st.image(overlay(disp, dis, 0.7), caption=f"Disagreement between {a} and {b} (red)", width=420)
 
 with tab_summary:

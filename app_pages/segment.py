@@ -4,14 +4,18 @@ import json
 
 import streamlit as st
 
+from segcore.annotate import plane_point
 from segcore.cards import domain_warnings
-from segcore.display import display_image
+from segcore.dicomseg import seg_not_offered_reason
+from segcore.display import display_image, resolve_window
 from segcore.export import coco_from_detections, instance_rows
-from segcore.figures import image_panels
+from segcore.figures import image_panels, ortho_click, orthogonal_views
 from segcore.infer import entropy
-from segcore.measure import class_table
+from segcore.measure import class_table, volume_table
 from segcore.refine import component_table
-from segcore.viz import VIEWS, instance_labels, nifti_bytes, overlay, png_bytes, view_panels
+from segcore.series import SeriesChoiceError
+from segcore.viz import VIEWS, diff_layer, instance_labels, mask_layer, nifti_bytes, overlay, png_bytes, view_panels
+from segcore.viz import plane as plane_of
 from ui import catalogue, resources, state, widgets
 
 st.title("Segment & compare")
@@ -35,11 +39,17 @@ with left:
         if not ups:
             st.info("Upload one or more scans, or switch to a sample.")
             st.stop()
-        # a new upload selects itself; earlier ones stay one click away
-        pick = st.selectbox("Uploaded scan", [u.name for u in ups], index=len(ups) - 1,
-                            key=f"sc_upload_pick_{len(ups)}")
-        up = next(u for u in ups if u.name == pick)
-        data, name, phantom = up.getvalue(), up.name, False
+        files = [(u.name, u.getvalue()) for u in ups]
+        series = catalogue.as_series(files)
+        if series and st.toggle(f"Open the {len(files)} DICOM files as one series (a volume)", value=True,
+                                key="sc_as_series"):
+            (data, name), phantom = series, False
+        else:
+            # a new upload selects itself; earlier ones stay one click away
+            pick = st.selectbox("Uploaded scan", [u.name for u in ups], index=len(ups) - 1,
+                                key=f"sc_upload_pick_{len(ups)}")
+            up = next(u for u in ups if u.name == pick)
+            data, name, phantom = up.getvalue(), up.name, False
 with right:
     active = ws.active_version()
     version = st.selectbox("Model version", versions, index=versions.index(active), key="sc_version",
@@ -47,17 +57,101 @@ with right:
                            help="The active version is used unless you pick another.")
 
 key = catalogue.remember(data)
-scan, error = catalogue.open_scan(key, name)
+series_uid = None
+try:
+    scan, error = catalogue.open_scan(key, name)
+except SeriesChoiceError as choice:
+    st.warning(f"**{name}** holds {len(choice.series)} series; they are never mixed. Pick one:")
+    info = st.selectbox("Series", choice.series, format_func=lambda i: i.label(), key=f"sc_series_{key[:12]}")
+    series_uid = info.uid
+    scan, error = catalogue.open_scan(key, name, series_uid)
 if scan is None:
     st.error(f"Could not open **{name}**: {error}")
     st.stop()
+for note in scan.metadata.get("warnings", []):
+    st.warning(note)
+for skipped in scan.metadata.get("skipped", []):
+    st.warning(f"Skipped {skipped.get('name', '?')}: {skipped.get('reason', '')}")
 previous = state.current()
-if previous is None or (previous.key, previous.name, previous.model_version) != (key, name, version):
+if previous is None or (previous.key, previous.name, previous.model_version, previous.series_uid) != (
+        key, name, version, series_uid):
     state.set_current(state.CurrentScan(key=key, name=name, model_version=version,
                                         slice_index=scan.num_slices // 2 if scan.is_volume else None,
-                                        is_phantom_sample=phantom))
+                                        is_phantom_sample=phantom, series_uid=series_uid))
 card = resources.model_card(version)
 widgets.model_card(card, domain_warnings(card, scan, is_phantom_sample=phantom))
+
+
+# ---------------------------------------------------------------- whole volume: 3-D refinement, volumes, views, exports
+def volume_panel(scan, key):
+    cur = state.current()
+    st.subheader(f"Whole volume ({scan.num_slices} slices)")
+    vol = resources.whole_volume(key, scan, cur.model_version, cur.refine)
+    if vol is None:
+        st.caption("Segment every slice (batched through the model), refine each slice, then refine in 3-D "
+                   "(26-connected components, hole filling, small components in mm³); volumes in mL, 3-D views, "
+                   "NIfTI and DICOM SEG exports follow.")
+        if not st.button(f"Segment all {scan.num_slices} slices", type="primary", key="sc_vol_go"):
+            return
+        bar = st.progress(0.0, text="Starting…")
+        vol = resources.whole_volume(key, scan, cur.model_version, cur.refine,
+                                     progress=lambda f, m: bar.progress(f, text=m))
+        bar.empty()
+    t = vol.timings
+    st.caption(f"Segmented in {t['total']:.1f} s (model {t['predict']:.1f} s, per-slice refinement "
+               f"{t['refine_2d']:.1f} s, 3-D {t['refine_3d']:.1f} s).")
+    st.dataframe(volume_table(vol), hide_index=True, width="stretch")
+    comps = vol.components()
+    with st.expander(f"3-D components ({len(comps)})"):
+        st.dataframe(comps, hide_index=True, width="stretch")
+    orthogonal_viewer(scan, vol)
+    stem = cur.name.split(".")[0]
+    c1, c2 = st.columns(2)
+    c1.download_button("Refined label volume (NIfTI, on the scan's grid)", nifti_bytes(vol.refined, scan),
+                       f"{stem}_mask.nii.gz", "application/gzip", key="sc_dl_vol_nifti")
+    reason = seg_not_offered_reason(scan)
+    if reason:
+        c2.caption(f"DICOM SEG is not offered: {reason}")
+    else:
+        _, _, mconfig = resources.model_for(cur.model_version)
+        c2.download_button("Refined segmentation (DICOM SEG)",
+                           resources.seg_bytes(key, vol.refined, scan, tuple(mconfig.class_names), cur.model_version),
+                           f"{stem}_seg.dcm", "application/dicom", key="sc_dl_vol_seg")
+
+
+@st.fragment
+def orthogonal_viewer(scan, vol):
+    """Axial, coronal and sagittal planes with a linked crosshair: sliders per plane, or click a plane."""
+    d, h, w = scan.pixels.shape
+    ss = st.session_state
+    pk = f"sc_ortho_{state.current().key[:12]}"
+    for axis, v in zip("zyx", (d // 2, h // 2, w // 2)):
+        ss.setdefault(f"{pk}_{axis}", v)
+    event = ss.get(f"{pk}_fig")
+    pts = ((event or {}).get("selection") or {}).get("points", []) if event else []
+    if pts and repr(pts) != ss.get(f"{pk}_seen"):
+        ss[f"{pk}_seen"] = repr(pts)
+        click = ortho_click(pts[0])
+        if click is not None:  # the sliders follow the click
+            moved = plane_point(*click, (ss[f"{pk}_z"], ss[f"{pk}_y"], ss[f"{pk}_x"]))
+            for axis, v in zip("zyx", moved):
+                ss[f"{pk}_{axis}"] = int(v)
+    cols = st.columns(4)
+    which = cols[0].radio("Labels", ["refined", "raw", "difference"], key="sc_ortho_which")
+    z = cols[1].slider("Axial slice", 0, d - 1, key=f"{pk}_z")
+    y = cols[2].slider("Coronal row", 0, h - 1, key=f"{pk}_y")
+    x = cols[3].slider("Sagittal column", 0, w - 1, key=f"{pk}_x")
+    win = resolve_window(scan, scan.slice(0, z), state.current().window)
+
+    def layer(name, index):
+        if which == "difference":
+            return diff_layer(plane_of(vol.raw, name, index), plane_of(vol.refined, name, index))
+        return mask_layer(plane_of(getattr(vol, which), name, index), 0.45)
+
+    fig = orthogonal_views(scan.pixels, win, layer, scan.spacing, (z, y, x))
+    st.plotly_chart(fig, key=f"{pk}_fig", on_select="rerun", selection_mode="points", config={"displaylogo": False})
+    st.caption("Click a plane to move the crosshair there; each plane is drawn with its true aspect "
+               f"(spacing {tuple(round(s, 2) for s in scan.spacing) if scan.spacing else 'unknown'} mm).")
 
 
 # ---------------------------------------------------------------- the viewer: reruns alone when its controls change
@@ -136,15 +230,11 @@ def viewer():
                              key="sc_dl_png")
     dcols[1].download_button("Overlay image (PNG)", png_bytes(overlay(display, seg.refined, alpha)),
                              f"{stem}_overlay.png", "image/png", key="sc_dl_overlay")
-    if scan.affine is not None:
-        if dcols[2].button("Segment all slices for NIfTI", key="sc_nifti_go"):
-            labels_vol = resources.all_slices(key, scan, cur.model_version, refine)
-            st.session_state["sc_nifti"] = (key, nifti_bytes(labels_vol, scan))
-        nif = st.session_state.get("sc_nifti")
-        if nif and nif[0] == key:
-            dcols[2].download_button("Refined mask (NIfTI)", nif[1], f"{stem}_mask.nii.gz", "application/gzip",
-                                     key="sc_dl_nifti")
-
+    if not scan.is_volume and scan.affine is not None:
+        dcols[2].download_button("Refined mask (NIfTI)", nifti_bytes(seg.refined, scan), f"{stem}_mask.nii.gz",
+                                 "application/gzip", key="sc_dl_nifti")
 
 viewer()
+if scan.is_volume:
+    volume_panel(scan, key)
 st.page_link("app_pages/correct.py", label="Correct this mask →", icon=":material/edit:")

@@ -194,7 +194,8 @@ def main():
             for v in views[:n + 1]:
                 sig = page.evaluate(SIGNATURE)
                 samples["view_switch"].append(timed_action(
-                    page, lambda: page.get_by_text(v, exact=True).first.click(), lambda: changed(page, sig)))
+                    page, lambda: page.get_by_role("radiogroup", name="View").get_by_text(v, exact=True).click(),
+                    lambda: changed(page, sig)))
 
             presets = ["lung", "bone", "brain", "soft tissue", "lung", "bone"]
             for w in presets[:n + 1]:

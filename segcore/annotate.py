@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 __all__ = ["apply_strokes", "stroke_to_polyline", "color_to_class", "class_color", "changed_pixels", "apply_object",
-           "prompt_from_selection"]
+           "prompt_from_selection", "set_slice", "plane_point"]
 
 
 def class_color(label: int, palette: np.ndarray) -> str:
@@ -260,3 +260,38 @@ def prompt_from_selection(selection: dict | None, positive: bool, shape: tuple[i
         r, c = int(np.clip(round(float(p["y"])), 0, h - 1)), int(np.clip(round(float(p["x"])), 0, w - 1))
         return "click", (r, c, bool(positive))
     return None
+
+
+def set_slice(volume: np.ndarray, index: int, mask: np.ndarray) -> np.ndarray:
+    """A copy of a ``D,H,W`` label volume with axial slice ``index`` replaced by ``mask``.
+
+    Examples
+    --------
+    >>> set_slice(np.zeros((2, 1, 2), np.uint8), 1, np.array([[3, 0]])).tolist()
+    [[[0, 0]], [[3, 0]]]
+    """
+    out = np.array(volume, copy=True)
+    if out.ndim != 3 or not 0 <= index < out.shape[0]:
+        raise ValueError(f"Slice {index} is not in a volume of shape {out.shape}.")
+    if np.shape(mask) != out.shape[1:]:
+        raise ValueError(f"The slice mask's shape {np.shape(mask)} does not match the volume's {out.shape[1:]}.")
+    out[index] = mask
+    return out
+
+
+def plane_point(plane: str, x: float, y: float, point: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The new crosshair (z, y, x) after a click at (x, y) on one orthogonal plane (see figures.orthogonal_views).
+
+    Examples
+    --------
+    >>> plane_point("coronal", 7, 2, (5, 6, 1))
+    (2, 6, 7)
+    """
+    z, yy, xx = point
+    if plane == "axial":
+        return z, int(round(y)), int(round(x))
+    if plane == "coronal":
+        return int(round(y)), yy, int(round(x))
+    if plane == "sagittal":
+        return int(round(y)), int(round(x)), xx
+    raise ValueError(f"Unknown plane '{plane}'. Expected axial, coronal or sagittal.")

@@ -16,7 +16,8 @@ import numpy as np
 
 from .labels import png_bytes
 
-__all__ = ["image_panels", "line_plot", "uncertainty_colorscale", "CLICK_TRACE_NAME"]
+__all__ = ["image_panels", "orthogonal_views", "ortho_click", "ORTHO_PLANES", "line_plot", "uncertainty_colorscale",
+           "CLICK_TRACE_NAME"]
 
 CLICK_TRACE_NAME = "pixels"
 
@@ -169,4 +170,69 @@ def line_plot(history: Sequence[dict], keys: Sequence[str] = ("loss", "dice"), x
         if xs:
             fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=k))
     fig.update_layout(height=260, margin=dict(l=10, r=10, t=20, b=10), xaxis_title=x)
+    return fig
+
+
+ORTHO_PLANES = ("axial", "coronal", "sagittal")
+_ORTHO_TRACES = 3  # per plane: the scan, its overlay layer, the click points
+
+
+def ortho_click(point: dict) -> tuple[str, float, float] | None:
+    """``(plane, x, y)`` of a click on :func:`orthogonal_views` (a point of ``st.plotly_chart``'s selection)."""
+    curve = point.get("curve_number", point.get("curveNumber"))
+    if curve is None or "x" not in point or "y" not in point:
+        return None
+    return ORTHO_PLANES[int(curve) // _ORTHO_TRACES % 3], float(point["x"]), float(point["y"])
+
+
+def orthogonal_views(volume: np.ndarray, win: tuple[float, float], layers, spacing, point: tuple[int, int, int], *,
+                     height: int = 520):
+    """Axial, coronal and sagittal planes of a volume through ``point`` = (z, y, x), with a linked crosshair.
+
+    Parameters
+    ----------
+    volume : array ``D,H,W``
+        Raw scan values; only the three planes shown are windowed (``win`` = centre, width).
+    layers : callable or None
+        ``layers(plane, index)`` -> ``H,W,4`` RGBA overlay for that plane ("axial" z / "coronal" y /
+        "sagittal" x), e.g. a mask layer of the label volume's plane.
+    spacing : (dz, dy, dx) mm or None
+        Each plane is drawn with its true aspect (pixels stretched by the spacing ratio).
+    point : (z, y, x)
+        The crosshair: each plane shows the other two coordinates as lines. Clicks report (panel, x, y) through
+        the transparent point layer (figure x = the plane's column, y = its row).
+    """
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from .io import window
+
+    dz, dy, dx = (float(s) for s in (spacing or (1.0, 1.0, 1.0)))
+    z, y, x = (int(v) for v in point)
+    planes = [("axial", volume[z], z, dx, dy, (x, y)),          # rows y, cols x
+              ("coronal", volume[:, y, :], y, dx, dz, (x, z)),  # rows z, cols x
+              ("sagittal", volume[:, :, x], x, dy, dz, (y, z))]  # rows z, cols y
+    fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.02,
+                        subplot_titles=[f"{name} {idx}" for name, _, idx, *_r in planes])
+    for i, (plane, img, idx, sx, sy, (cx, cy)) in enumerate(planes, start=1):
+        ph, pw = img.shape
+        fig.add_trace(go.Image(source=_png_uri(window(img, *win)), hoverinfo="skip", x0=0, dx=1, y0=0, dy=1),
+                      row=1, col=i)
+        layer = layers(plane, idx) if layers is not None else np.zeros((ph, pw, 4), np.uint8)
+        fig.add_trace(go.Image(source=_png_uri(layer), hoverinfo="skip", x0=0, dx=1, y0=0, dy=1), row=1, col=i)
+        stride = max(1, int(np.ceil(np.sqrt(ph * pw / 6000))))
+        rr, cc = (a.ravel() for a in np.mgrid[0:ph:stride, 0:pw:stride])
+        fig.add_trace(go.Scattergl(x=cc.astype(np.int32), y=rr.astype(np.int32), mode="markers",
+                                   name=f"{CLICK_TRACE_NAME}:{plane}", showlegend=False,
+                                   marker=dict(size=max(6, stride * 2), opacity=0),
+                                   hovertemplate=f"{plane}: row %{{y}}, col %{{x}}<extra></extra>"), row=1, col=i)
+        for shape in (dict(type="line", x0=cx, x1=cx, y0=-0.5, y1=ph - 0.5),
+                      dict(type="line", x0=-0.5, x1=pw - 0.5, y0=cy, y1=cy)):
+            fig.add_shape(**shape, line=dict(color="#f1c40f", width=1), row=1, col=i)
+        fig.update_xaxes(range=[-0.5, pw - 0.5], row=1, col=i, showticklabels=False, showgrid=False, zeroline=False,
+                         ticks="")
+        fig.update_yaxes(range=[ph - 0.5, -0.5], row=1, col=i, showticklabels=False, showgrid=False, zeroline=False,
+                         ticks="", scaleanchor=f"x{'' if i == 1 else i}", scaleratio=sy / sx)
+    fig.update_layout(height=height, margin=dict(l=4, r=4, t=36, b=4), dragmode="pan", hovermode="closest",
+                      modebar=dict(orientation="v"))
     return fig

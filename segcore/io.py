@@ -36,6 +36,7 @@ __all__ = [
     "window",
     "auto_window",
     "to_gray",
+    "detect_format",
     "CT_PRESETS",
     "ACCEPTED_FORMATS",
     "DEFAULT_MAX_BYTES",
@@ -917,3 +918,15 @@ def auto_window(pixels: np.ndarray, low: float = 0.5, high: float = 99.5) -> tup
     if hi <= lo:
         hi = lo + 1.0
     return float((lo + hi) / 2.0), float(hi - lo)
+
+
+def detect_format(data: bytes, name: str) -> str:
+    """What a file's bytes say it is: "png", "jpeg", "bmp", "tiff", "dicom", "nifti", "nrrd", "zip" or "unknown".
+
+    Examples
+    --------
+    >>> detect_format(b"\\x89PNG\\r\\n\\x1a\\n" + bytes(8), "a.png"), detect_format(b"hello", "notes.txt")
+    ('png', 'unknown')
+    """
+    kind = _kind_from_bytes(data, name)
+    return kind.replace("_gz", "").replace("_nopreamble", "")

@@ -14,7 +14,8 @@ from .metrics import dice, iou
 from .refine import component_table
 
 __all__ = ["class_table", "disagreement_map", "review_rows", "VERDICT_LABELS", "REASON_LABELS", "label",
-           "correction_label", "duplicate_groups", "candidate_table", "version_rows", "instance_table"]
+           "correction_label", "duplicate_groups", "candidate_table", "version_rows", "instance_table",
+           "volume_table"]
 
 VERDICT_LABELS = {"accept": "Accepted", "accept_with_edits": "Accepted with edits", "reject": "Rejected"}
 REASON_LABELS = {"none": "—", "boundary_inaccurate": "Boundary inaccurate", "missed_lesion": "Missed lesion",
@@ -136,3 +137,16 @@ def instance_table(ids: np.ndarray, spacing: Sequence[float] | None = None) -> l
                                           int(rr.max() - rr.min() + 1)),
                      "centroid (x, y)": (round(float(cc.mean()), 1), round(float(rr.mean()), 1))})
     return rows
+
+
+def volume_table(vol) -> list[dict]:
+    """One row per foreground class of a :class:`segcore.pipeline.VolumeSegmentation`: volumes in mL (raw,
+    refined), 3-D components of the refined labels, 3-D Dice raw↔refined."""
+    names = list(vol.class_names) or [str(i) for i in range(int(max(vol.raw.max(), vol.refined.max())) + 1)]
+    k = len(names)
+    raw_ml, ref_ml = vol.volumes_ml("raw"), vol.volumes_ml("refined")
+    comps = vol.components()
+    d = dice(vol.raw, vol.refined, k)
+    return [{"class": names[c], "raw volume (mL)": raw_ml.get(names[c]), "refined volume (mL)": ref_ml.get(names[c]),
+             "components (refined, 3-D)": sum(r.get("class") == c for r in comps),
+             "Dice raw↔refined (3-D)": round(float(d[c]), 4)} for c in range(1, k)]

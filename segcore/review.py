@@ -717,15 +717,16 @@ class ReviewStore:
             raise ValueError(f"Case {case_id} has no {kind} mask.")
         return _decode_mask(row[0], row[1])
 
-    def add_mask_version(self, case_id: int, author: str, mask: np.ndarray, *, kind: str = "edit") -> int:
-        """Store an intermediate edit (e.g. a corrected slice of a volume, or a propagated volume) as a new mask version.
+    def add_mask_version(self, case_id: int, author: Identity | str, mask: np.ndarray, *, kind: str = "edit") -> int:
+        """Store an intermediate edit (e.g. a corrected slice of a volume, or a propagated volume) as a new mask version
+        (reviewer role).
 
         Versions are immutable: the latest ``kind="edit"`` version is the working mask (:meth:`mask`); the
         verdict still compares the accepted mask with the model's refined one.
         """
-        author = (author or "").strip()
-        if not author:
+        if not isinstance(author, Identity) and not (author or "").strip():
             raise ValueError("A mask version needs the name of who made it (author is empty).")
+        who = require(author, "record_verdict")
         if kind not in ("edit", "propagated"):
             raise ValueError(f"kind must be 'edit' or 'propagated'. Got {kind!r}.")
         model_mask = self.mask(case_id, "refined")
@@ -738,13 +739,31 @@ class ReviewStore:
             model_version = conn.execute(select(sessions.c.model_version)
                                          .where(sessions.c.id == case.session_id)).scalar()
             mv = conn.execute(insert(mask_versions).values(
-                case_id=case_id, kind=kind, author=author, model_version=model_version, refine_params="{}",
+                case_id=case_id, kind=kind, author=who.name, model_version=model_version, refine_params="{}",
                 mask_png=blob, mask_format=fmt, mask_sha256=_sha(m.tobytes()),
                 created_at=_now())).inserted_primary_key[0]
             self._append_audit(conn, "mask_version", self._digest_rows(conn, mask_versions, [mv]),
-                               session_id=case.session_id, case_id=case_id, who=author, kind=kind,
-                               mask_sha256=_sha(m.tobytes()))
+                               session_id=case.session_id, case_id=case_id, kind=kind,
+                               mask_sha256=_sha(m.tobytes()), **who.audit_fields())
         return int(mv)
+
+    def working_mask(self, case_id: int, verdict_id: int | None = None, author: str | None = None) -> np.ndarray:
+        """The mask a reviewer continues from: their latest kept edit (by ``author``), else their last accepted
+        mask (``verdict_id``), else the model's refined mask."""
+        with self.engine.connect() as conn:
+            edit = conn.execute(select(mask_versions.c.id).where(
+                (mask_versions.c.case_id == case_id) & (mask_versions.c.kind == "edit")
+                & (mask_versions.c.author == (author or "")))
+                .order_by(mask_versions.c.id.desc()).limit(1)).scalar()
+            accepted = conn.execute(select(verdicts.c.mask_version_id).where(
+                verdicts.c.id == verdict_id)).scalar() if verdict_id is not None else None
+        newest = max((v for v in (edit, accepted) if v is not None), default=None)
+        if newest is None:
+            return self.mask(case_id, "refined")
+        with self.engine.connect() as conn:
+            row = conn.execute(select(mask_versions.c.mask_png, mask_versions.c.mask_format)
+                               .where(mask_versions.c.id == newest)).first()
+        return _decode_mask(row[0], row[1])
 
     def mask_versions(self, case_id: int) -> list[dict]:
         with self.engine.connect() as conn:
@@ -1001,15 +1020,20 @@ def submit_verdict(store: ReviewStore, workspace, case_id: int, reviewer: Identi
 
 def queue_scan(store: ReviewStore, session_id: int, data: bytes, name: str, model, config, refine=None, *,
                who: Identity | str = "system") -> int:
-    """Segment a scan through :mod:`segcore.pipeline` (middle slice of a volume) and add it as a case.
+    """Segment a scan through :mod:`segcore.pipeline` and add it as a case: a 2-D image as one case, a volume as
+    one whole-volume case (:func:`segcore.pipeline.segment_volume`, verdict per volume).
 
     The case keeps the model's raw and refined masks and the mean predictive entropy (the queue's
     uncertainty). Raises :class:`segcore.io.ScanError` for files that cannot be read.
     """
     from .io import load_scan
-    from .pipeline import segment
+    from .pipeline import segment, segment_volume
 
     scan = load_scan(data, name)
+    if scan.is_volume:
+        vol = segment_volume(scan, model, config, refine, keep_probs=False)
+        return store.add_case(session_id, data, name, vol.raw, vol.refined, slice_index=None,
+                              uncertainty=float(vol.slice_entropy.mean()), spacing=scan.spacing, who=who)
     seg = segment(scan, model, config, refine)
     return store.add_case(session_id, data, name, seg.raw, seg.refined, slice_index=seg.slice_index,
                           uncertainty=seg.mean_entropy, spacing=seg.spacing, who=who)

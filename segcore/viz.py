@@ -13,7 +13,7 @@ from .labels import png_bytes
 __all__ = ["instances_image", "PALETTE", "overlay", "contours", "diff_image", "to_rgb", "png_bytes", "save_label_nifti",
            "nifti_bytes", "colorize", "instance_colours", "place_labels", "canvas_background", "class_hex",
            "view_panels", "instance_labels", "VIEWS", "mask_layer", "contour_layer", "diff_layer", "instance_layer",
-           "proposal_layer", "instance_id_layer", "instance_id_labels"]
+           "proposal_layer", "instance_id_layer", "instance_id_labels", "volume_display", "plane"]
 
 # RGB per class (0 = background, unused)
 PALETTE = np.array([
@@ -286,3 +286,21 @@ def instance_id_labels(ids: np.ndarray, screen_scale: float) -> list:
     colours = instance_colours(max(labels, default=0) + 1)
     return [(r, c, str(lab), "#%02x%02x%02x" % tuple(int(v) for v in colours[lab]))
             for lab, spot in zip(labels, spots) if spot is not None for r, c in [spot]]
+
+
+def volume_display(volume: np.ndarray, win: tuple[float, float]) -> np.ndarray:
+    """A ``D,H,W`` volume as uint8 in window ``win`` (for the orthogonal views)."""
+    from .io import window
+
+    return window(volume, *win)
+
+
+def plane(volume: np.ndarray, name: str, index: int) -> np.ndarray:
+    """One orthogonal plane of a ``D,H,W`` array: axial (z), coronal (y) or sagittal (x)."""
+    if name == "axial":
+        return volume[index]
+    if name == "coronal":
+        return volume[:, index, :]
+    if name == "sagittal":
+        return volume[:, :, index]
+    raise ValueError(f"Unknown plane '{name}'. Expected axial, coronal or sagittal.")

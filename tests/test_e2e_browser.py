@@ -86,7 +86,7 @@ def test_segment_correct_finetune_promote(app_server, browser):
                                ("Difference", "03_segment_diff.png", "green added"),
                                ("Instances", "04b_segment_instances.png", "Mask R-CNN"),
                                ("Side by side", "04_segment_side_by_side.png", "Scan")):
-        page.get_by_text(view, exact=True).click()
+        page.get_by_role("radiogroup", name="View").get_by_text(view, exact=True).click()
         page.locator(".js-plotly-plot .annotation-text", has_text=title).first.wait_for(timeout=30_000)
         _wait_idle(page)
         _no_exception(page)

@@ -45,17 +45,40 @@ def scan_bytes(key: str) -> bytes | None:
     return st.session_state.get("sc_blobs", {}).get(key)
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
-def _load(key: str, name: str, _data: bytes) -> Scan:
+@st.cache_data(max_entries=16, show_spinner="Reading the scan…")
+def _load(key: str, name: str, series_uid: str | None, _data: bytes) -> Scan:
+    if series_uid:
+        from segcore.series import load_zip
+
+        return load_zip(_data, name, series_uid=series_uid)
     return load_scan(_data, name)
 
 
-def open_scan(key: str, name: str) -> tuple[Scan | None, str | None]:
-    """``(scan, None)`` or ``(None, error message)`` for a remembered upload or sample."""
+def open_scan(key: str, name: str, series_uid: str | None = None) -> tuple[Scan | None, str | None]:
+    """``(scan, None)`` or ``(None, error message)`` for a remembered upload or sample.
+
+    Several series in one upload raise :class:`segcore.series.SeriesChoiceError` (a pick list), which the
+    caller shows before calling again with ``series_uid``.
+    """
+    from segcore.series import SeriesChoiceError
+
     data = scan_bytes(key)
     if data is None:
         return None, f"{name} is no longer in this session; open it again."
     try:
-        return _load(key, name, data), None
+        return _load(key, name, series_uid, data), None
+    except SeriesChoiceError:
+        raise
     except ScanError as exc:
         return None, str(exc)
+
+
+def as_series(files: list[tuple[str, bytes]]) -> tuple[bytes, str] | None:
+    """Several uploaded DICOM files as one series blob (a zip, read by segcore.series), or None when they are not
+    all DICOM."""
+    from segcore.io import detect_format
+    from segcore.series import series_zip
+
+    if len(files) < 2 or any(detect_format(data, name) != "dicom" for name, data in files):
+        return None
+    return series_zip(files), f"{len(files)} DICOM files.zip"

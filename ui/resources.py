@@ -157,3 +157,26 @@ def _all_slices(scan_key: str, version: str, refine: str, _scan: Scan):
 def all_slices(scan_key: str, scan: Scan, version: str, refine: RefineConfig):
     """Refined label map of every axial slice (``D,H,W``, or ``H,W`` for 2-D scans)."""
     return _all_slices(scan_key, version, refine_key(refine), scan)
+
+
+def whole_volume(scan_key: str, scan: Scan, version: str, refine: RefineConfig, progress=None):
+    """``segment_volume`` of the open scan (kept for this session: one volume at a time, without probabilities)."""
+    from segcore.pipeline import segment_volume
+
+    tag = (scan_key, version, refine_key(refine))
+    held = st.session_state.get("sc_volume")
+    if held is not None and held[0] == tag:
+        return held[1]
+    if progress is None:
+        return None
+    _, predictor, config = predictor_for(version)
+    result = segment_volume(scan, predictor, config, refine, progress=progress, keep_probs=False)
+    st.session_state["sc_volume"] = (tag, result)
+    return result
+
+
+@st.cache_data(max_entries=2, show_spinner="Writing the DICOM SEG…")
+def seg_bytes(scan_key: str, _labels, _scan: Scan, class_names: tuple, version: str, corrected: bool = False) -> bytes:
+    from segcore.dicomseg import write_seg
+
+    return write_seg(_labels, _scan, class_names, version, corrected)

@@ -27,6 +27,7 @@ class CurrentScan:
     refine: RefineConfig = dataclasses.field(default_factory=RefineConfig)
     window: WindowChoice = dataclasses.field(default_factory=WindowChoice)
     is_phantom_sample: bool = False
+    series_uid: str | None = None
 
     def describe(self) -> str:
         where = f" · slice {self.slice_index}" if self.slice_index is not None else ""
