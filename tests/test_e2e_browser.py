@@ -366,3 +366,55 @@ def test_smart_click_segments_an_object_and_saves_it(app_server, browser):
     assert mask[r, c] == 1 and inside >= 0.8 * changed, (inside, changed)
     _no_exception(page)
     (ARTIFACTS / "e2e_smart_click.json").write_text(json.dumps({"click_to_overlay_s": round(click_to_overlay, 2)}))
+
+
+def test_dicom_series_upload_whole_volume_orthogonal_views_and_seg(app_server, browser, tmp_path):
+    """Several DICOM files become one volume; the whole volume is segmented; three linked planes; SEG offered."""
+    import random
+    import re
+
+    import numpy as np
+
+    from tests.dicom_series import write_series
+
+    url, _ = app_server
+    rng = np.random.default_rng(4)
+    vol = (rng.normal(40, 15, (16, 96, 96))).astype(np.int16)
+    vol[:, 20:80, 15:85] += 60  # a body-like block
+    vol[4:12, 40:60, 40:60] -= 90  # a darker lesion-like block
+    files = write_series(vol, spacing=(3.0, 0.8, 0.8))
+    random.Random(1).shuffle(files)  # arrives in any order
+    paths = []
+    for name, data in files:
+        (tmp_path / name).write_bytes(data)
+        paths.append(str(tmp_path / name))
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(url)
+    page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
+    _wait_idle(page)
+    page.get_by_text("Upload", exact=True).click()
+    _wait_idle(page)
+    page.locator("input[type=file]").set_input_files(paths)
+    page.get_by_text("Open the 16 DICOM files as one series").wait_for(timeout=60_000)
+    page.get_by_role("button", name="Segment all 16 slices").wait_for(timeout=120_000)
+    _no_exception(page)
+    page.get_by_role("button", name="Segment all 16 slices").click()
+    page.get_by_text(re.compile(r"Segmented in [\d.]+ s")).wait_for(timeout=180_000)
+    _wait_idle(page)
+    ortho = page.locator(".js-plotly-plot", has=page.locator(".annotation-text", has_text="coronal")).first
+    ortho.wait_for(timeout=60_000)
+    titles = ortho.locator(".annotation-text").all_text_contents()
+    assert any(t.startswith("axial 8") for t in titles) and any(t.startswith("sagittal") for t in titles), titles
+    ortho.scroll_into_view_if_needed()
+    # click the coronal plane (middle panel) near its top: the axial slice moves there
+    drag = ortho.locator(".nsewdrag").nth(1).bounding_box()
+    page.mouse.click(drag["x"] + drag["width"] * 0.5, drag["y"] + drag["height"] * 0.15)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.js-plotly-plot .annotation-text')].some("
+        "e => /^axial (\\d+)$/.test(e.textContent) && +e.textContent.split(' ')[1] < 6)", timeout=60_000)
+    _wait_idle(page)
+    assert page.get_by_role("button", name="Refined segmentation (DICOM SEG)").count() == 1
+    assert page.get_by_text("Refined volume (mL)", exact=False).count() >= 1 or \
+        page.get_by_text("refined volume (mL)").count() >= 1
+    _no_exception(page)
+    page.screenshot(path=str(ARTIFACTS / "11_orthogonal_views.png"), full_page=True)
