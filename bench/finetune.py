@@ -1,0 +1,219 @@
+"""Fine-tuning on real data: segcore.finetune.adapt with its DEFAULT settings vs the best manual setting found.
+
+Cases (real scans from ../shared/data, BSD-3; see its README):
+
+* ``nuclei``  stardist img3d.tif/mask3d.tif (fluorescence, instance ids -> nucleus foreground); z-slices (61x57)
+  upsampled to 256x256 tiles. Train on z 4,10 (2) or z 0,2,...,14 (8); test on z 18,20,...,30 (7 slices, >= 4
+  slices away from any training slice).
+* ``brain1``  radiomics brain1 MR lesion (256x256 slices; lesion on z 11-17). Train on z 12,14 (2) or z 7-14
+  (8: four with lesion, four without); test on z 15,16,17.
+* ``lung1``   radiomics lung1 CT lesion (512x512 slices; lesion on z 32-34). Train on z 32,33 (2) or z 26-33 (8);
+  test on z 34 only (the data set has three lesion slices: a single test slice, read its figures with care).
+
+Each case starts from the shipped model (sample_data/models/default) retargeted with
+``segcore.finetune.retarget`` to the user's classes (background + nucleus, background + lesion). The score is
+the foreground Dice pooled over the test slices at the model's 256x256 input.
+
+Compared in the same run, per case and number of corrections:
+* ``default``: ``adapt(...)`` with ``FineTuneSettings()`` (timed; the whole call);
+* ``manual grid``: ``FineTuneSettings(epochs=E, learning_rate=L)`` for E x L (same augmentation, trained on all
+  corrections, warm-up + cosine, no hold-out); the best grid cell by TEST Dice is an optimistic upper bound;
+* ``previous app default``: ``segcore.train.fine_tune`` with 5 epochs at lr 1e-4 (what the page did before).
+
+Gate: for the 8-correction runs the same corrections are also fine-tuned keeping the shipped class set
+(nuclei labelled "organ", lesions "lesion"), evaluated on the phantom test set + held-out case slices exactly as
+a fine-tune job does, stored through ``Workspace.add_version`` and judged by ``Workspace.gate``.
+
+    flock /tmp/segcore-cpu.lock .venv/bin/python bench/finetune.py            # writes bench/results/finetune.json
+    flock /tmp/segcore-cpu.lock .venv/bin/python bench/finetune.py --quick    # one case, small grid (smoke)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA = ROOT.parent / "shared" / "data"
+if not DATA.is_dir():
+    DATA = Path("/work/shared/data")
+OUT = ROOT / "bench" / "results" / "finetune.json"
+
+CASES = {
+    "nuclei": {"train": {2: [4, 10], 8: [0, 2, 4, 6, 8, 10, 12, 14]}, "test": list(range(18, 31, 2)),
+               "classes": ["background", "nucleus"], "shipped_label": 1},
+    "brain1": {"train": {2: [12, 14], 8: list(range(7, 15))}, "test": [15, 16, 17],
+               "classes": ["background", "lesion"], "shipped_label": 2},
+    "lung1": {"train": {2: [32, 33], 8: list(range(26, 34))}, "test": [34],
+              "classes": ["background", "lesion"], "shipped_label": 2},
+}
+
+
+def load_case(name: str):
+    """``(slices, masks)``: raw 2-D images and binary foreground masks (uint8) of a case, indexed by z."""
+    import cv2
+
+    if name == "nuclei":
+        import tifffile
+
+        img = tifffile.imread(DATA / "stardist" / "img3d.tif").astype(np.float32)
+        lab = tifffile.imread(DATA / "stardist" / "mask3d.tif")
+        ims = [cv2.resize(s, (256, 256), interpolation=cv2.INTER_CUBIC) for s in img]
+        ms = [cv2.resize((s > 0).astype(np.uint8), (256, 256), interpolation=cv2.INTER_NEAREST) for s in lab]
+        return ims, ms
+    from segcore.io import load_scan
+
+    scan = load_scan(DATA / "radiomics" / f"{name}_image.nrrd")
+    lab = load_scan(DATA / "radiomics" / f"{name}_label.nrrd")
+    return ([scan.slice(0, z).astype(np.float32) for z in range(scan.num_slices)],
+            [(lab.slice(0, z) > 0).astype(np.uint8) for z in range(lab.num_slices)])
+
+
+def pooled_dice(model, config, images, masks) -> float:
+    from segcore.finetune import _dice_on, prepare_pairs
+
+    x, y = prepare_pairs(images, masks, config)
+    return round(_dice_on(model, x, y, config.num_classes), 4)
+
+
+def run_default(base, bcfg, tr_im, tr_m, te_im, te_m, settings=None):
+    from segcore.finetune import FineTuneSettings, adapt
+
+    t = time.perf_counter()
+    res = adapt(base, bcfg, tr_im, tr_m, settings=settings or FineTuneSettings())
+    seconds = time.perf_counter() - t
+    return res, {"dice": pooled_dice(res.model, res.config, te_im, te_m), "seconds": round(seconds, 1),
+                 "epochs": res.epochs, "steps": res.steps, "learning_rate": res.learning_rate,
+                 "replay": res.replay, "held_out_dice": None if res.held_out_dice is None else round(res.held_out_dice, 4),
+                 "holdout": res.decisions.get("holdout"), "epochs_reason": res.decisions.get("epochs_reason"),
+                 "capped_by_time": res.decisions.get("capped_by_time"), "domain_dice": res.decisions["domain_dice"]}
+
+
+def run_grid(base, bcfg, tr_im, tr_m, te_im, te_m, epochs, lrs):
+    from segcore.finetune import FineTuneSettings, adapt
+
+    cells = []
+    for e in epochs:
+        for lr in lrs:
+            t = time.perf_counter()
+            res = adapt(base, bcfg, tr_im, tr_m, settings=FineTuneSettings(epochs=e, learning_rate=lr,
+                                                                          time_budget_s=10_000))
+            cells.append({"epochs": e, "learning_rate": lr, "dice": pooled_dice(res.model, res.config, te_im, te_m),
+                          "seconds": round(time.perf_counter() - t, 1)})
+            print(f"    grid E={e} lr={lr:g}: {cells[-1]}", flush=True)
+    return cells
+
+
+def run_previous(base, bcfg, tr_im, tr_m, te_im, te_m):
+    from segcore.train import fine_tune
+
+    t = time.perf_counter()
+    new, _ = fine_tune(base, tr_im, tr_m, config=bcfg, epochs=5, learning_rate=1e-4)
+    return {"dice": pooled_dice(new, bcfg, te_im, te_m), "seconds": round(time.perf_counter() - t, 1),
+            "epochs": 5, "learning_rate": 1e-4}
+
+
+def gate_check(model, config, name, ims, ms, spec, n):
+    """Fine-tune keeping the shipped classes, evaluate like a job does, store and gate through a Workspace."""
+    from segcore.jobs import evaluate_against
+    from segcore.labels import load_gt_pairs
+    from segcore.store import Workspace
+
+    label = spec["shipped_label"]
+    tr = spec["train"][n]
+    tr_im = [ims[z] for z in tr]
+    tr_m = [ms[z] * label for z in tr]
+    res, row = run_default(model, config, tr_im, tr_m, [ims[z] for z in spec["test"]],
+                           [ms[z] * label for z in spec["test"]])
+    test_im, test_m, _ = load_gt_pairs(ROOT / "sample_data" / "phantom" / "test")
+    from segcore.train import evaluate_model
+
+    phantom_cand = evaluate_model(res.model, res.config, test_im, test_m)["mean_foreground_dice"]
+    phantom_base = evaluate_model(model, config, test_im, test_m)["mean_foreground_dice"]
+    held_im = [ims[z] for z in spec["test"]]
+    held_m = [ms[z] * label for z in spec["test"]]
+    metrics = evaluate_against(res.model, res.config, model, config, test_im + held_im, test_m + held_m,
+                               baseline_version="v1")
+    with tempfile.TemporaryDirectory() as d:
+        ws = Workspace(d, default_model_dir=ROOT / "sample_data" / "models" / "default")
+        v = ws.add_version(res.model, res.config, metrics=metrics, trained_on=[f"{name}:z{z}" for z in tr],
+                           parent="v1", note="bench gate check")
+        decision = ws.gate(v)
+    return {"case": name, "n": n, "replay": res.replay, "domain_dice": res.decisions["domain_dice"],
+            "case_dice_shipped_classes": row["dice"], "seconds": row["seconds"],
+            "phantom_test_dice_candidate": round(phantom_cand, 4), "phantom_test_dice_shipped": round(phantom_base, 4),
+            "gate_held_out_candidate": round(decision.candidate, 4), "gate_held_out_shipped": round(decision.baseline, 4),
+            "gate_passed": decision.passed, "gate_reason": decision.reason}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="one case, two grid cells (smoke test)")
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--sizes", default="2,8")
+    ap.add_argument("--epochs", default="10,30,90")
+    ap.add_argument("--lrs", default="3e-4,1e-3,3e-3")
+    ap.add_argument("--no-gate", action="store_true")
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args(argv)
+    import tensorflow as tf
+
+    from segcore.finetune import retarget
+    from segcore.models import load_model
+
+    threads = (tf.config.threading.get_intra_op_parallelism_threads(), os.cpu_count())
+    base, bcfg = load_model(ROOT / "sample_data" / "models" / "default")
+    cases = args.cases.split(",")
+    sizes = [int(s) for s in args.sizes.split(",")]
+    epochs = [int(e) for e in args.epochs.split(",")]
+    lrs = [float(v) for v in args.lrs.split(",")]
+    if args.quick:
+        cases, sizes, epochs, lrs = cases[:1], sizes[:1], epochs[:1], lrs[1:2]
+    rows, gates = [], []
+    for name in cases:
+        spec = CASES[name]
+        ims, ms = load_case(name)
+        model, config = retarget(base, bcfg, spec["classes"])
+        te_im, te_m = [ims[z] for z in spec["test"]], [ms[z] for z in spec["test"]]
+        start_dice = pooled_dice(model, config, te_im, te_m)
+        for n in sizes:
+            tr = spec["train"][n]
+            tr_im, tr_m = [ims[z] for z in tr], [ms[z] for z in tr]
+            print(f"{name} n={n}", flush=True)
+            _, default = run_default(model, config, tr_im, tr_m, te_im, te_m)
+            print(f"  default: {default}", flush=True)
+            previous = run_previous(model, config, tr_im, tr_m, te_im, te_m)
+            grid = run_grid(model, config, tr_im, tr_m, te_im, te_m, epochs, lrs)
+            best = max(grid, key=lambda c: c["dice"])
+            rows.append({"case": name, "n_corrections": n, "train_slices": tr, "test_slices": spec["test"],
+                         "classes": spec["classes"], "dice_before": start_dice, "default": default,
+                         "best_manual": best, "gap": round(best["dice"] - default["dice"], 4),
+                         "within_0.02": bool(best["dice"] - default["dice"] <= 0.02),
+                         "previous_default": previous, "grid": grid})
+        if not args.no_gate and not args.quick and 8 in spec["train"]:
+            gates.append(gate_check(base, bcfg, name, ims, ms, spec, 8))
+            print(f"  gate: {gates[-1]}", flush=True)
+    out = {"cases": rows, "gate": gates, "grid": {"epochs": epochs, "learning_rates": lrs},
+           "machine": {"cpus": os.cpu_count(), "tf_intra_op_threads": threads[0], "python": platform.python_version()},
+           "note": "Dice = foreground Dice pooled over the test slices at the model's 256x256 input; 'default' is "
+                   "adapt() with FineTuneSettings() and its time is the whole call on this machine; 'best_manual' "
+                   "is the grid cell with the best TEST Dice (an optimistic upper bound).",
+           "command": "flock /tmp/segcore-cpu.lock .venv/bin/python bench/finetune.py"
+                      + (" --quick" if args.quick else "")}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
