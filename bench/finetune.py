@@ -85,11 +85,14 @@ def pooled_dice(model, config, images, masks) -> float:
     return round(_dice_on(model, x, y, config.num_classes), 4)
 
 
-def run_default(base, bcfg, tr_im, tr_m, te_im, te_m, settings=None):
+SMOKE_BUDGET = None
+
+
+def run_default(base, bcfg, tr_im, tr_m, te_im, te_m):
     from segcore.finetune import FineTuneSettings, adapt
 
     t = time.perf_counter()
-    res = adapt(base, bcfg, tr_im, tr_m, settings=settings or FineTuneSettings())
+    res = adapt(base, bcfg, tr_im, tr_m, settings=FineTuneSettings(time_budget_s=SMOKE_BUDGET))
     seconds = time.perf_counter() - t
     return res, {"dice": pooled_dice(res.model, res.config, te_im, te_m), "seconds": round(seconds, 1),
                  "epochs": res.epochs, "steps": res.steps, "learning_rate": res.learning_rate,
@@ -163,8 +166,12 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", default="10,30,90")
     ap.add_argument("--lrs", default="3e-4,1e-3,3e-3")
     ap.add_argument("--no-gate", action="store_true")
+    ap.add_argument("--smoke-budget", type=float, default=None,
+                    help="NOT a measurement: cap every adapt() call at this many seconds to check the script runs")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
+    global SMOKE_BUDGET
+    SMOKE_BUDGET = args.smoke_budget
     import tensorflow as tf
 
     from segcore.finetune import retarget
@@ -208,7 +215,7 @@ def main(argv=None) -> int:
                    "adapt() with FineTuneSettings() and its time is the whole call on this machine; 'best_manual' "
                    "is the grid cell with the best TEST Dice (an optimistic upper bound).",
            "command": "flock /tmp/segcore-cpu.lock .venv/bin/python bench/finetune.py"
-                      + (" --quick" if args.quick else "")}
+                      + (" --quick" if args.quick else ""), "smoke_only": args.smoke_budget is not None}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")

@@ -18,6 +18,7 @@ What :func:`adapt` decides when :class:`FineTuneSettings` is left at its default
    (patience in steps, best step kept). With fewer than ``min_holdout_split`` (4) corrections there is no
    spare image to hold out, so every correction is held out once (leave-one-out folds: 2 corrections = 2 folds)
    and the folds' best step counts are averaged. With more, one split holds out 20% (at most 40 images).
+   A single correction cannot be validated: it trains for ``SINGLE_CORRECTION_EPOCHS`` epochs.
 3. **Then the final model is trained on all corrections** for the chosen number of steps (scaled by
    ``n / n_train``), from the incoming weights, with a warm-up + cosine schedule. Keeping a fold model instead
    would throw away the held-out images: half the data with 2 corrections.
@@ -57,6 +58,7 @@ __all__ = [
     "domain_dice",
     "holdout_splits",
     "prepare_pairs",
+    "replay_decision",
     "retarget",
     "steps_per_epoch",
 ]
@@ -194,22 +196,42 @@ def steps_per_epoch(n: int, input_size: Sequence[int], crop: int, batch_size: in
     return max(1, math.ceil(n * per_image / batch_size))
 
 
-def holdout_splits(n: int, settings: FineTuneSettings | None = None) -> list[tuple[list[int], list[int]]]:
+def holdout_splits(n: int, settings: FineTuneSettings | None = None,
+                   foreground: Sequence[bool] | None = None) -> list[tuple[list[int], list[int]]]:
     """``(train, held_out)`` index lists: leave-one-out folds for few corrections, else one seeded split.
+
+    ``foreground[i]`` says whether correction ``i`` has any non-background pixel. Held-out images without
+    foreground say nothing about how well a class is learnt (their Dice is 0 or 1), so leave-one-out keeps only
+    folds that hold out an image with foreground and train on one (all folds if none qualifies), and the single
+    split is stratified: held-out images with foreground in proportion, at least one, never all of them.
 
     >>> holdout_splits(2)
     [([1], [0]), ([0], [1])]
+    >>> holdout_splits(3, foreground=[True, False, True])
+    [([1, 2], [0]), ([0, 1], [2])]
     >>> [len(v) for _, v in holdout_splits(10)]
     [2]
+    >>> _, held = holdout_splits(10, foreground=[i < 2 for i in range(10)])[0]
+    >>> sum(i < 2 for i in held)
+    1
     """
     s = settings or FineTuneSettings()
     if n < 2:
         raise ValueError(f"Holding out needs at least 2 corrections. Got {n}.")
+    fg = [True] * n if foreground is None else [bool(f) for f in foreground]
+    if len(fg) != n:
+        raise ValueError(f"foreground has {len(fg)} entries for {n} corrections.")
     if n < s.min_holdout_split:
-        return [([j for j in range(n) if j != i], [i]) for i in range(n)]
+        folds = [([j for j in range(n) if j != i], [i]) for i in range(n)]
+        useful = [(tr, va) for tr, va in folds if fg[va[0]] and any(fg[j] for j in tr)]
+        return useful or folds
     k = int(min(40, max(1, round(s.holdout_fraction * n))))
-    order = np.random.default_rng(s.seed).permutation(n)
-    held = sorted(int(i) for i in order[:k])
+    rng = np.random.default_rng(s.seed)
+    with_fg = [int(i) for i in rng.permutation([i for i in range(n) if fg[i]])]
+    without = [int(i) for i in rng.permutation([i for i in range(n) if not fg[i]])]
+    k_fg = min(len(with_fg) - 1, max(1, round(k * len(with_fg) / n))) if len(with_fg) >= 2 else 0
+    k_fg = max(k_fg, k - len(without))
+    held = sorted(with_fg[:k_fg] + without[:k - k_fg])
     return [([i for i in range(n) if i not in held], held)]
 
 
@@ -326,7 +348,8 @@ def retarget(model: keras.Model, config: ModelConfig, class_names: Sequence[str]
     base = clone_model(model)
     features = base.get_layer("head").input
     head = keras.layers.Conv2D(k, 1, activation="softmax", name="head", dtype="float32")
-    new = keras.Model(base.inputs, head(features), name=model.name)
+    inputs = base.inputs[0] if len(base.inputs) == 1 else base.inputs
+    new = keras.Model(inputs, head(features), name=model.name)
     old_kernel, old_bias = (np.asarray(v) for v in old_head.get_weights())
     kernel = np.random.default_rng(0).normal(0.0, 0.01, (*old_kernel.shape[:-1], k)).astype(np.float32)
     bias = np.zeros(k, np.float32)
@@ -476,23 +499,32 @@ class _Run:
 
 
 class _Context:
-    """Progress, cancellation and the history shared by all runs of one :func:`adapt` call."""
+    """Progress, cancellation and the history shared by all runs of one :func:`adapt` call.
 
-    def __init__(self, progress, cancel, t0: float, spe: int, total_hint: int):
+    ``fraction`` in each record is an estimate of the whole call's progress for a progress bar: hold-out runs
+    fill the first ``select_share`` in proportion to their time budget, the final run the rest step by step.
+    """
+
+    def __init__(self, progress, cancel, t0: float, spe: int, select_budget: float, select_share: float):
         self.progress, self.cancel, self.t0, self.spe = progress, cancel, t0, spe
-        self.total_hint = total_hint
+        self.select_budget, self.select_share = select_budget, select_share
+        self.final_steps = 0
         self.history: list[dict] = []
-        self.steps_done = 0
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel():
             raise FineTuneCancelled("Fine-tuning was cancelled.")
 
     def report(self, rec: dict) -> None:
-        rec = {**rec, "elapsed": round(time.perf_counter() - self.t0, 3)}
+        elapsed = time.perf_counter() - self.t0
+        if rec["phase"] == "select":
+            frac = self.select_share * min(1.0, elapsed / max(self.select_budget, 1e-6))
+        else:
+            frac = self.select_share + (1 - self.select_share) * rec["step"] / max(1, self.final_steps)
+        rec = {**rec, "elapsed": round(elapsed, 3), "fraction": round(min(frac, 1.0), 4)}
         self.history.append(rec)
         if self.progress is not None:
-            self.progress({**rec, "total_steps_hint": self.total_hint})
+            self.progress(rec)
 
 
 def _execute(trainer: _Trainer, run: _Run, x, y, settings: FineTuneSettings, replay, ctx: _Context) -> dict:
@@ -513,7 +545,6 @@ def _execute(trainer: _Trainer, run: _Run, x, y, settings: FineTuneSettings, rep
         losses.append(trainer.step(xb, yb))
         step_times.append(time.perf_counter() - ts)
         step += 1
-        ctx.steps_done += 1
         rec = {"phase": run.phase, "fold": run.fold, "step": step, "epoch": round(step / ctx.spe, 3),
                "loss": float(np.mean(losses[-ctx.spe:]))}
         if xv is not None and (step % run.eval_every == 0 or step == run.max_steps):
@@ -528,8 +559,28 @@ def _execute(trainer: _Trainer, run: _Run, x, y, settings: FineTuneSettings, rep
                 break
         else:
             ctx.report(rec)
-    return {"best_dice": best if xv is not None else None, "best_step": best_step, "steps": step,
+    return {"best_dice": best if (xv is not None and best >= 0) else None, "best_step": best_step, "steps": step,
             "step_seconds": float(np.median(step_times)) if step_times else 0.0}
+
+
+SINGLE_CORRECTION_EPOCHS = 40
+
+
+def replay_decision(domain_dice_value: float, settings: FineTuneSettings, has_replay: bool) -> tuple[bool, str]:
+    """Whether to mix the replay set in, and why (the criterion of the module docstring).
+
+    >>> replay_decision(0.9, FineTuneSettings(), True)
+    (True, "incoming model's Dice on the corrections 0.900 >= 0.7: in domain")
+    >>> replay_decision(0.3, FineTuneSettings(), True)[0], replay_decision(0.9, FineTuneSettings(replay=False), True)[0]
+    (False, False)
+    """
+    if settings.replay is not None:
+        return bool(settings.replay) and has_replay, f"manual override replay={settings.replay}"
+    if not has_replay:
+        return False, "no replay set given"
+    inside = domain_dice_value >= settings.in_domain_dice
+    return inside, (f"incoming model's Dice on the corrections {domain_dice_value:.3f} "
+                    f"{'>=' if inside else '<'} {settings.in_domain_dice}: {'in' if inside else 'out of'} domain")
 
 
 def _auto_budget(n: int) -> float:
@@ -556,7 +607,8 @@ def adapt(model: keras.Model, config: ModelConfig, images: Sequence[np.ndarray],
         used only when the replay decision says so.
     progress : callable, optional
         Called with a record after every training step: ``{"phase": "select"|"final", "fold", "step",
-        "epoch", "loss", "val_dice"? , "elapsed", "total_steps_hint"}``.
+        "epoch", "loss", "val_dice"? (hold-out runs, when evaluated), "elapsed" (s), "fraction"}``;
+        ``fraction`` estimates the progress of the whole call in [0, 1] for a progress bar.
     cancel : callable, optional
         Checked before every step; when it returns True :class:`FineTuneCancelled` is raised.
 
@@ -594,17 +646,7 @@ def adapt(model: keras.Model, config: ModelConfig, images: Sequence[np.ndarray],
         replay = (rx, ry)
     base_dice = _dice_on(model, x, y, config.num_classes)
     decisions["domain_dice"] = round(base_dice, 4)
-    if s.replay is not None:
-        use_replay = bool(s.replay) and replay is not None
-        decisions["replay_reason"] = f"manual override replay={s.replay}"
-    elif replay is None:
-        use_replay = False
-        decisions["replay_reason"] = "no replay set given"
-    else:
-        use_replay = base_dice >= s.in_domain_dice
-        decisions["replay_reason"] = (f"incoming model's Dice on the corrections {base_dice:.3f} "
-                                      f"{'>=' if use_replay else '<'} {s.in_domain_dice}: "
-                                      f"{'in' if use_replay else 'out of'} domain")
+    use_replay, decisions["replay_reason"] = replay_decision(base_dice, s, replay is not None)
     decisions["replay"] = use_replay
     replay_used = replay if use_replay else None
 
@@ -616,21 +658,26 @@ def adapt(model: keras.Model, config: ModelConfig, images: Sequence[np.ndarray],
 
     loss = get_loss("wce_batch_dice", class_weights=class_weights_from_masks(y, config.num_classes, power=0.5))
     trainer = _Trainer(model, config, loss)
-    ctx = _Context(progress, cancel, t0, spe, 0)
+    manual = s.epochs is not None or n < 2
+    select_budget = 0.55 * budget
+    ctx = _Context(progress, cancel, t0, spe, select_budget, 0.0 if manual else 0.55)
     held_out_dice = None
 
     if s.epochs is not None:
         final_steps = s.epochs * spe
         decisions["epochs_reason"] = f"manual override epochs={s.epochs}"
         decisions["holdout"] = "none (manual epochs)"
+    elif n < 2:
+        final_steps = SINGLE_CORRECTION_EPOCHS * spe
+        decisions["epochs_reason"] = (f"one correction: nothing to hold out, trained for {SINGLE_CORRECTION_EPOCHS} "
+                                      "epochs (the typical choice for 2 corrections in bench/finetune.py)")
+        decisions["holdout"] = "none (one correction)"
     else:
-        folds = holdout_splits(n, s)
+        folds = holdout_splits(n, s, foreground=[bool((m > 0).any()) for m in y])
         decisions["holdout"] = ("leave-one-out" if len(folds) > 1 else "single split") + \
             f": {len(folds)} fold(s), held out {[v for _, v in folds]}"
-        select_budget = 0.55 * budget
         patience = max(s.min_patience_steps, s.patience_epochs * spe)
         cap = (s.max_epochs or 400) * spe
-        ctx.total_hint = cap
         best_steps, best_dices, fold_info = [], [], []
         for f, (tr, va) in enumerate(folds):
             start = time.perf_counter()
@@ -643,13 +690,14 @@ def adapt(model: keras.Model, config: ModelConfig, images: Sequence[np.ndarray],
             best_steps.append(out["best_step"])
             best_dices.append(out["best_dice"])
             fold_info.append({"train": tr, "held_out": va, **out})
-        held_out_dice = float(np.mean(best_dices))
+        scored = [d for d in best_dices if d is not None]
+        held_out_dice = float(np.mean(scored)) if scored else None
         n_train = np.mean([len(tr) for tr, _ in folds])
         scale = n / n_train if len(folds) == 1 else 1.0
         final_steps = max(spe, round(float(np.mean(best_steps)) * scale))
         decisions["folds"] = fold_info
         decisions["epochs_reason"] = (f"early stopping on held-out Dice: best at step(s) {best_steps} "
-                                      f"(held-out Dice {[round(d, 4) for d in best_dices]}), x{scale:.2f} for "
+                                      f"(held-out Dice {[None if d is None else round(d, 4) for d in best_dices]}), x{scale:.2f} for "
                                       f"training on all {n}")
         step_s = float(np.median([fi["step_seconds"] for fi in fold_info]))
         remaining = budget - (time.perf_counter() - t0) - 1.0
@@ -658,7 +706,7 @@ def adapt(model: keras.Model, config: ModelConfig, images: Sequence[np.ndarray],
             decisions["capped_by_time"] = {"wanted_steps": final_steps, "affordable_steps": affordable}
             final_steps = affordable
     decisions["final_steps"] = final_steps
-    ctx.total_hint = final_steps
+    ctx.final_steps = final_steps
     run = _Run("final", -1, list(range(n)), [], final_steps, float("inf"), peaks,
                warmup=max(1, min(final_steps // 10, 3 * spe)), cosine=True)
     _execute(trainer, run, x, y, s, replay_used, ctx)

@@ -42,6 +42,22 @@ _FINISHED = ("done", "failed", "cancelled")
 _LIVE_INSTANCES: set[str] = set()
 
 
+def _process_token(pid: int) -> str:
+    """The start time of process ``pid`` (Linux ``/proc``), so a reused pid is not taken for the old worker."""
+    try:
+        return Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError, ValueError):
+        return ""
+
+
+def _worker_alive(worker: dict) -> bool:
+    pid = worker.get("pid")
+    if pid is None or int(pid) == os.getpid() or not _pid_alive(int(pid)):
+        return False
+    token = worker.get("token", "")
+    return not token or token == _process_token(int(pid))
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -220,7 +236,7 @@ class JobManager:
             raise ValueError(f"Unknown base version '{spec.base_version}'. Known: {sorted(self.workspace.versions())}.")
         jid = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f") + "-" + uuid.uuid4().hex[:6]
         state = JobState(id=jid, state="queued", spec=spec.to_dict(), created_at=_now(),
-                         worker={"pid": os.getpid(), "instance": self.instance})
+                         worker=self._worker_id())
         with self._lock:
             self._cancel[jid] = threading.Event()
         self._write(state)
@@ -288,6 +304,9 @@ class JobManager:
                 t.join()
         _LIVE_INSTANCES.discard(self.instance)
 
+    def _worker_id(self) -> dict:
+        return {"pid": os.getpid(), "token": _process_token(os.getpid()), "instance": self.instance}
+
     # ----------------------------------------------------------------- state on disk
     def _write(self, st: JobState) -> None:
         atomic_write(self.jobs_dir / st.id / "state.json", json.dumps(st.to_dict(), indent=1))
@@ -311,8 +330,7 @@ class JobManager:
             if st.finished:
                 continue
             w = st.worker or {}
-            alive = w.get("instance") in _LIVE_INSTANCES or (
-                w.get("pid") not in (None, os.getpid()) and _pid_alive(int(w["pid"])))
+            alive = w.get("instance") in _LIVE_INSTANCES or _worker_alive(w)
             if alive:
                 continue
             if st.state == "running":
@@ -320,7 +338,7 @@ class JobManager:
                                                  "the active model was not changed")
                 touched.append(st.id)
             elif st.state == "queued":
-                st.worker = {"pid": os.getpid(), "instance": self.instance}
+                st.worker = self._worker_id()
                 self._write(st)
                 self._log(st.id, "requeued after a server restart")
                 with self._lock:
@@ -367,7 +385,7 @@ class JobManager:
         if self._cancelled(jid):
             raise _cancelled_error()
         st.state, st.started_at, st.t_start = "running", _now(), time.time()
-        st.worker = {"pid": os.getpid(), "instance": self.instance, "thread": threading.current_thread().name}
+        st.worker = {**self._worker_id(), "thread": threading.current_thread().name}
         self._write(st)
         self._log(jid, f"running in pid {os.getpid()}")
         base_version = spec["base_version"]
@@ -403,11 +421,13 @@ class JobManager:
 
             t_im, t_m, _ = load_gt_pairs(self.sample_dir / "phantom" / "test")
             images, masks, n_phantom = t_im + images, t_m + masks, len(t_im)
+        eval_set = f"{n_phantom} phantom test images + {len(held)} held-out corrections"
         if not images:  # nothing else to judge on: the corrections themselves (said so in the metrics)
             images, masks = [p[0] for p in pairs], [p[1] for p in pairs]
+            eval_set = "the training corrections themselves (nothing was held out)"
         metrics = evaluate_against(res.model, res.config, base, base_cfg, images, masks,
                                    baseline_version=base_version)
-        metrics.update(held_out_cases=list(spec.get("held_out_ids", [])), n_test_images=n_phantom,
+        metrics.update(held_out_cases=list(spec.get("held_out_ids", [])), n_test_images=n_phantom, eval_set=eval_set,
                        finetune=res.decisions, settings=spec.get("settings") or {}, job_id=jid,
                        history=res.history[-200:])
         if self._cancelled(jid):

@@ -72,6 +72,8 @@ def test_schedule_stops_early_on_held_out_dice():
     # the final model trains on all corrections for the chosen steps, scaled by n / n_train
     assert res.steps == max(spe, round(fold["best_step"] * 5 / 4))
     assert [h["phase"] for h in res.history].count("final") == res.steps
+    fr = [h["fraction"] for h in res.history]
+    assert fr == sorted(fr) and fr[-1] == 1.0
     assert res.decisions["replay"] is False and res.held_out_dice == pytest.approx(max(dices))
 
 
@@ -86,8 +88,13 @@ def test_few_corrections_use_leave_one_out_and_manual_override_skips_holdout():
         holdout_splits(1)
     model, cfg = tiny(2, ("background", "disc"))
     ims, ms = disc_case(2)
-    res = adapt(model, cfg, ims, ms, settings=FineTuneSettings(**FAST, epochs=3))
+    fractions = []
+    res = adapt(model, cfg, ims, ms, settings=FineTuneSettings(**FAST, epochs=3),
+                progress=lambda rec: fractions.append(rec["fraction"]))
     assert res.steps == 3 and "folds" not in res.decisions and res.held_out_dice is None
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    one = adapt(model, cfg, ims[:1], ms[:1], settings=FineTuneSettings(**FAST, time_budget_s=30))
+    assert one.decisions["holdout"] == "none (one correction)" and one.held_out_dice is None
     with pytest.raises(ValueError, match="Unknown fine-tune settings"):
         FineTuneSettings.from_dict({"epoch": 3})
     with pytest.raises(ValueError, match="labels in"):
@@ -96,17 +103,21 @@ def test_few_corrections_use_leave_one_out_and_manual_override_skips_holdout():
 
 def test_replay_only_in_domain():
     """The incoming model's Dice on the corrections decides replay; a replay set is mixed only in domain."""
-    from segcore.finetune import FineTuneSettings, adapt, domain_dice, prepare_pairs
+    from segcore.finetune import FineTuneSettings, adapt, domain_dice, prepare_pairs, replay_decision
 
+    auto = FineTuneSettings()
+    assert replay_decision(0.69, auto, True)[0] is False and replay_decision(0.7, auto, True)[0] is True
+    assert replay_decision(0.99, auto, False) == (False, "no replay set given")
+    assert replay_decision(0.0, FineTuneSettings(replay=True), True)[0] is True
     model, cfg = tiny(2, ("background", "disc"))
     ims, ms = disc_case(2)
     rx, ry = prepare_pairs(*disc_case(4, seed=3), cfg)
     d = domain_dice(model, cfg, ims, ms)
-    out = adapt(model, cfg, ims, ms, replay=(rx, ry), settings=FineTuneSettings(**FAST, epochs=1, in_domain_dice=1.0))
-    assert out.replay is False and "out of domain" in out.decisions["replay_reason"]
-    assert out.decisions["domain_dice"] == pytest.approx(d, abs=1e-4)
-    inn = adapt(model, cfg, ims, ms, replay=(rx, ry), settings=FineTuneSettings(**FAST, epochs=1, in_domain_dice=0.0))
+    with pytest.raises(ValueError, match="replay must be"):
+        adapt(model, cfg, ims, ms, replay=(rx[..., 0], ry), settings=FineTuneSettings(**FAST, epochs=1))
+    inn = adapt(model, cfg, ims, ms, replay=(rx, ry), settings=FineTuneSettings(**FAST, epochs=1, in_domain_dice=d))
     assert inn.replay is True and "in domain" in inn.decisions["replay_reason"]
+    assert inn.decisions["domain_dice"] == pytest.approx(d, abs=1e-4)
 
 
 def test_cancel_stops_within_one_step():
