@@ -21,8 +21,11 @@ Compared in the same run, per case and number of corrections:
 * ``previous app default``: ``segcore.train.fine_tune`` with 5 epochs at lr 1e-4 (what the page did before).
 
 Gate: for the 8-correction runs the same corrections are also fine-tuned keeping the shipped class set
-(nuclei labelled "organ", lesions "lesion"), evaluated on the phantom test set + held-out case slices exactly as
-a fine-tune job does, stored through ``Workspace.add_version`` and judged by ``Workspace.gate``.
+(nuclei labelled "organ", lesions "lesion") by a real fine-tune job (``segcore.jobs.JobManager``: corrections
+saved in a temporary workspace, replay set and phantom test set as in the app), which evaluates the candidate
+against the shipped model on the phantom test set + the case's test slices, stores the metrics with the version,
+and ``Workspace.gate`` judges it. An in-domain case (8 corrected phantom validation images, 8 more held out)
+shows the other side: replay on, gentler learning rate.
 
     flock /tmp/segcore-cpu.lock .venv/bin/python bench/finetune.py            # writes bench/results/finetune.json
     flock /tmp/segcore-cpu.lock .venv/bin/python bench/finetune.py --quick    # one case, small grid (smoke)
@@ -125,37 +128,69 @@ def run_previous(base, bcfg, tr_im, tr_m, te_im, te_m):
             "epochs": 5, "learning_rate": 1e-4}
 
 
-def gate_check(model, config, name, ims, ms, spec, n):
-    """Fine-tune keeping the shipped classes, evaluate like a job does, store and gate through a Workspace."""
-    from segcore.jobs import evaluate_against
+def _png_scan(image: np.ndarray) -> bytes:
+    """A 16-bit PNG of a slice (negative values such as CT HU shifted by +1024, as the phantom PNGs store them)."""
+    from segcore.labels import png_bytes
+
+    a = np.asarray(image, np.float64)
+    if a.min() < 0:
+        a = a + 1024.0
+    return png_bytes(np.clip(np.round(a), 0, 65535).astype(np.uint16))
+
+
+def gate_check(name, train_pairs, held_pairs):
+    """Run a real fine-tune job (segcore.jobs) keeping the shipped classes and report how the gate judges it.
+
+    The job evaluates the candidate and the shipped model on the 30 phantom test images + the held-out
+    corrections (the case's test slices) and stores the metrics with the version; ``Workspace.gate`` decides.
+    """
+    from segcore.jobs import JobManager, JobSpec
     from segcore.labels import load_gt_pairs
     from segcore.store import Workspace
-
-    label = spec["shipped_label"]
-    tr = spec["train"][n]
-    tr_im = [ims[z] for z in tr]
-    tr_m = [ms[z] * label for z in tr]
-    res, row = run_default(model, config, tr_im, tr_m, [ims[z] for z in spec["test"]],
-                           [ms[z] * label for z in spec["test"]])
-    test_im, test_m, _ = load_gt_pairs(ROOT / "sample_data" / "phantom" / "test")
     from segcore.train import evaluate_model
 
-    phantom_cand = evaluate_model(res.model, res.config, test_im, test_m)["mean_foreground_dice"]
-    phantom_base = evaluate_model(model, config, test_im, test_m)["mean_foreground_dice"]
-    held_im = [ims[z] for z in spec["test"]]
-    held_m = [ms[z] * label for z in spec["test"]]
-    metrics = evaluate_against(res.model, res.config, model, config, test_im + held_im, test_m + held_m,
-                               baseline_version="v1")
     with tempfile.TemporaryDirectory() as d:
         ws = Workspace(d, default_model_dir=ROOT / "sample_data" / "models" / "default")
-        v = ws.add_version(res.model, res.config, metrics=metrics, trained_on=[f"{name}:z{z}" for z in tr],
-                           parent="v1", note="bench gate check")
+
+        def save(pairs, tag):
+            return [ws.save_correction(_png_scan(im), f"{name}-{tag}{i}.png", m, author="bench", model_version="v1",
+                                       source="raw").id for i, (im, m) in enumerate(pairs)]
+
+        train_ids, held_ids = save(train_pairs, "train"), save(held_pairs, "test")
+        mgr = JobManager(ws)
+        t = time.perf_counter()
+        settings = {"time_budget_s": SMOKE_BUDGET} if SMOKE_BUDGET else {}
+        jid = mgr.submit(JobSpec("bench", train_ids, held_out_ids=held_ids, settings=settings))
+        st = mgr.wait(jid, 1800)
+        seconds = time.perf_counter() - t
+        mgr.shutdown()
+        if st.state != "done":
+            raise RuntimeError(f"gate job for {name} ended {st.state}: {st.error}\n{mgr.log(jid)[-3000:]}")
+        v = st.result["version"]
+        m = ws.versions()[v]["metrics"]
         decision = ws.gate(v)
-    return {"case": name, "n": n, "replay": res.replay, "domain_dice": res.decisions["domain_dice"],
-            "case_dice_shipped_classes": row["dice"], "seconds": row["seconds"],
+        cand, ccfg = ws.validate_version(v)
+        base, bcfg = ws.validate_version("v1")
+        test_im, test_m, _ = load_gt_pairs(ROOT / "sample_data" / "phantom" / "test")
+        phantom_cand = evaluate_model(cand, ccfg, test_im, test_m)["mean_foreground_dice"]
+        phantom_base = evaluate_model(base, bcfg, test_im, test_m)["mean_foreground_dice"]
+        held_im, held_m = [p[0] for p in held_pairs], [p[1] for p in held_pairs]
+        case_cand = evaluate_model(cand, ccfg, held_im, held_m)["mean_foreground_dice"]
+        case_base = evaluate_model(base, bcfg, held_im, held_m)["mean_foreground_dice"]
+    ft = m["finetune"]
+    return {"case": name, "n": len(train_pairs), "replay": ft["replay"], "domain_dice": ft["domain_dice"],
+            "learning_rate": ft["learning_rate"], "job_seconds": round(seconds, 1),
+            "case_test_dice_candidate": round(case_cand, 4), "case_test_dice_shipped": round(case_base, 4),
             "phantom_test_dice_candidate": round(phantom_cand, 4), "phantom_test_dice_shipped": round(phantom_base, 4),
             "gate_held_out_candidate": round(decision.candidate, 4), "gate_held_out_shipped": round(decision.baseline, 4),
-            "gate_passed": decision.passed, "gate_reason": decision.reason}
+            "gate_eval_set": m["eval_set"], "gate_passed": decision.passed, "gate_reason": decision.reason}
+
+
+def phantom_pairs(split: str, n: int):
+    from segcore.labels import load_gt_pairs
+
+    ims, ms, _ = load_gt_pairs(ROOT / "sample_data" / "phantom" / split)
+    return list(zip(ims[:n], ms[:n]))
 
 
 def main(argv=None) -> int:
@@ -207,8 +242,14 @@ def main(argv=None) -> int:
                          "within_0.02": bool(best["dice"] - default["dice"] <= 0.02),
                          "previous_default": previous, "grid": grid})
         if not args.no_gate and not args.quick and 8 in spec["train"]:
-            gates.append(gate_check(base, bcfg, name, ims, ms, spec, 8))
+            label = spec["shipped_label"]
+            gates.append(gate_check(name, [(ims[z], ms[z] * label) for z in spec["train"][8]],
+                                    [(ims[z], ms[z] * label) for z in spec["test"]]))
             print(f"  gate: {gates[-1]}", flush=True)
+    if not args.no_gate and not args.quick:
+        # in domain: 8 corrected phantom validation images, the phantom test set as the shipped domain
+        gates.append(gate_check("phantom (in domain)", phantom_pairs("val", 8), phantom_pairs("val", 16)[8:]))
+        print(f"  gate: {gates[-1]}", flush=True)
     out = {"cases": rows, "gate": gates, "grid": {"epochs": epochs, "learning_rates": lrs},
            "machine": {"cpus": os.cpu_count(), "tf_intra_op_threads": threads[0], "python": platform.python_version()},
            "note": "Dice = foreground Dice pooled over the test slices at the model's 256x256 input; 'default' is "

@@ -162,16 +162,21 @@ def finetune_section(ft) -> list[str]:
                    f"{b['epochs']}, {b['learning_rate']:g} | {b['dice']:.4f} ({b['seconds']} s) | {r['gap']:+.4f} | "
                    f"{'yes' if r['within_0.02'] else 'no'} |")
     if ft.get("gate"):
-        out += ["", ("Promotion gate (same 8 corrections, shipped class set kept: nuclei as `organ`, lesions as "
-                "`lesion`; evaluated like a fine-tune job on the 30 phantom test images + the case's test slices, "
-                "stored with `Workspace.add_version`, judged by `Workspace.gate`):"), "",
-                ("| case | replay (domain Dice) | phantom test Dice: candidate | shipped | gate held-out: candidate "
-                 "| shipped | promotable |"), "|---|---|---|---|---|---|---|"]
+        out += ["", ("Promotion gate. The 8 corrections of each case fine-tuned again keeping the shipped class set "
+                     "(nuclei as `organ`, lesions as `lesion`) by a real fine-tune job (`segcore.jobs`), which "
+                     "evaluates candidate and shipped model on the 30 phantom test images + the case's test slices "
+                     "and stores the metrics with the version; `Workspace.gate` decides. The in-domain row uses 8 "
+                     "corrected phantom validation images (8 more held out)."), "",
+                ("| case | domain Dice → replay, lr | case test Dice: candidate / shipped | phantom test Dice: "
+                 "candidate / shipped | gate held-out: candidate / shipped | promotable | job time |"),
+                "|---|---|---|---|---|---|---|"]
         for g in ft["gate"]:
-            out.append(f"| {g['case']} | {'on' if g['replay'] else 'off'} ({g['domain_dice']:.3f}) | "
-                       f"{g['phantom_test_dice_candidate']:.4f} | {g['phantom_test_dice_shipped']:.4f} | "
-                       f"{g['gate_held_out_candidate']:.4f} | {g['gate_held_out_shipped']:.4f} | "
-                       f"{'yes' if g['gate_passed'] else 'no (refused)'} |")
+            out.append(f"| {g['case']} | {g['domain_dice']:.3f} → {'on' if g['replay'] else 'off'}, "
+                       f"{g['learning_rate']:g} | {g['case_test_dice_candidate']:.4f} / "
+                       f"{g['case_test_dice_shipped']:.4f} | {g['phantom_test_dice_candidate']:.4f} / "
+                       f"{g['phantom_test_dice_shipped']:.4f} | {g['gate_held_out_candidate']:.4f} / "
+                       f"{g['gate_held_out_shipped']:.4f} | {'yes' if g['gate_passed'] else 'no (refused)'} | "
+                       f"{g['job_seconds']} s |")
     out += ["", (f"{ft['note']} Grid: epochs {ft['grid']['epochs']} × lr {ft['grid']['learning_rates']}. "
                  f"Command: `{ft['command']}`."), ""]
     return out

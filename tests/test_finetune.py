@@ -106,7 +106,7 @@ def test_replay_only_in_domain():
     from segcore.finetune import FineTuneSettings, adapt, domain_dice, prepare_pairs, replay_decision
 
     auto = FineTuneSettings()
-    assert replay_decision(0.69, auto, True)[0] is False and replay_decision(0.7, auto, True)[0] is True
+    assert replay_decision(0.84, auto, True)[0] is False and replay_decision(0.85, auto, True)[0] is True
     assert replay_decision(0.99, auto, False) == (False, "no replay set given")
     assert replay_decision(0.0, FineTuneSettings(replay=True), True)[0] is True
     model, cfg = tiny(2, ("background", "disc"))
