@@ -50,6 +50,7 @@ DATA = ROOT.parent / "shared" / "data"
 if not DATA.is_dir():
     DATA = Path("/work/shared/data")
 OUT = ROOT / "bench" / "results" / "finetune.json"
+T0 = time.perf_counter()
 
 CASES = {
     "nuclei": {"train": {2: [4, 10], 8: [0, 2, 4, 6, 8, 10, 12, 14]}, "test": list(range(18, 31, 2)),
@@ -193,6 +194,13 @@ def phantom_pairs(split: str, n: int):
     return list(zip(ims[:n], ms[:n]))
 
 
+def _commit() -> str:
+    import subprocess
+
+    r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
+    return r.stdout.strip() or "unknown (not a git checkout)"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="one case, two grid cells (smoke test)")
@@ -201,6 +209,9 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", default="10,30,90")
     ap.add_argument("--lrs", default="3e-4,1e-3,3e-3")
     ap.add_argument("--no-gate", action="store_true")
+    ap.add_argument("--reuse-grid", default=None, metavar="JSON",
+                    help="take the manual grid and the previous-default rows from an earlier run's JSON (the manual "
+                         "path of adapt() unchanged since) and measure only the defaults and the gate jobs again")
     ap.add_argument("--smoke-budget", type=float, default=None,
                     help="NOT a measurement: cap every adapt() call at this many seconds to check the script runs")
     ap.add_argument("--out", default=str(OUT))
@@ -221,6 +232,10 @@ def main(argv=None) -> int:
     if args.quick:
         cases, sizes, epochs, lrs = cases[:1], sizes[:1], epochs[:1], lrs[1:2]
     rows, gates = [], []
+    reused = {}
+    if args.reuse_grid:
+        old = json.loads(Path(args.reuse_grid).read_text())
+        reused = {(r["case"], r["n_corrections"]): r for r in old["cases"]}
     for name in cases:
         spec = CASES[name]
         ims, ms = load_case(name)
@@ -233,14 +248,17 @@ def main(argv=None) -> int:
             print(f"{name} n={n}", flush=True)
             _, default = run_default(model, config, tr_im, tr_m, te_im, te_m)
             print(f"  default: {default}", flush=True)
-            previous = run_previous(model, config, tr_im, tr_m, te_im, te_m)
-            grid = run_grid(model, config, tr_im, tr_m, te_im, te_m, epochs, lrs)
+            if (name, n) in reused:
+                previous, grid = reused[(name, n)]["previous_default"], reused[(name, n)]["grid"]
+            else:
+                previous = run_previous(model, config, tr_im, tr_m, te_im, te_m)
+                grid = run_grid(model, config, tr_im, tr_m, te_im, te_m, epochs, lrs)
             best = max(grid, key=lambda c: c["dice"])
             rows.append({"case": name, "n_corrections": n, "train_slices": tr, "test_slices": spec["test"],
                          "classes": spec["classes"], "dice_before": start_dice, "default": default,
                          "best_manual": best, "gap": round(best["dice"] - default["dice"], 4),
                          "within_0.02": bool(best["dice"] - default["dice"] <= 0.02),
-                         "previous_default": previous, "grid": grid})
+                         "previous_default": previous, "grid": grid, "grid_reused": (name, n) in reused})
         if not args.no_gate and not args.quick and 8 in spec["train"]:
             label = spec["shipped_label"]
             gates.append(gate_check(name, [(ims[z], ms[z] * label) for z in spec["train"][8]],
@@ -250,13 +268,19 @@ def main(argv=None) -> int:
         # in domain: 8 corrected phantom validation images, the phantom test set as the shipped domain
         gates.append(gate_check("phantom (in domain)", phantom_pairs("val", 8), phantom_pairs("val", 16)[8:]))
         print(f"  gate: {gates[-1]}", flush=True)
+    if reused:
+        epochs, lrs = old["grid"]["epochs"], old["grid"]["learning_rates"]
     out = {"cases": rows, "gate": gates, "grid": {"epochs": epochs, "learning_rates": lrs},
+           "grid_source": (f"grid and previous-default rows measured by an earlier run of this script at commit "
+                           f"{old.get('commit', '?')} (same manual path), defaults and gates measured now"
+                           if reused else "measured in this run"), "commit": _commit(),
            "machine": {"cpus": os.cpu_count(), "tf_intra_op_threads": threads[0], "python": platform.python_version()},
            "note": "Dice = foreground Dice pooled over the test slices at the model's 256x256 input; 'default' is "
                    "adapt() with FineTuneSettings() and its time is the whole call on this machine; 'best_manual' "
                    "is the grid cell with the best TEST Dice (an optimistic upper bound).",
            "command": "flock /tmp/segcore-cpu.lock .venv/bin/python bench/finetune.py"
-                      + (" --quick" if args.quick else ""), "smoke_only": args.smoke_budget is not None}
+                      + (" --quick" if args.quick else ""), "smoke_only": args.smoke_budget is not None,
+           "seconds_total": round(time.perf_counter() - T0, 1)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")

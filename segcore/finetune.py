@@ -17,15 +17,20 @@ What :func:`adapt` decides when :class:`FineTuneSettings` is left at its default
    own test set; 0.73 on fluorescence nuclei when its "organ" output is renamed "nucleus" (bright blobs look
    organ-like, yet it is another domain), 0.35 with the three shipped classes, 0.00-0.03 on real MR/CT lesions.
 2. **How long to train**: part of the corrections is held out and training stops early on held-out Dice
-   (patience in steps, best step kept). With fewer than ``min_holdout_split`` (4) corrections there is no
+   (patience in steps, best step kept). If the held-out Dice then fell clearly (``overfit_drop``, 0.03) the
+   final model trains for the early-stopping point; if it only plateaued, the final model trains for as long as
+   the time budget allows (measured on real scans: tiny held-out sets stop early on noise, while the test Dice
+   kept rising with more steps; see BENCHMARKS.md). With fewer than ``min_holdout_split`` (4) corrections there is no
    spare image to hold out, so every correction is held out once (leave-one-out folds: 2 corrections = 2 folds)
    and the folds' best step counts are averaged. With more, one split holds out 20% (at most 40 images).
    A single correction cannot be validated: it trains for ``SINGLE_CORRECTION_EPOCHS`` epochs.
-3. **Then the final model is trained on all corrections** for the chosen number of steps (scaled by
-   ``n / n_train``), from the incoming weights, with a warm-up + cosine schedule. Keeping a fold model instead
-   would throw away the held-out images: half the data with 2 corrections.
+3. **Then the final model is trained on all corrections.** Over-fitting seen: from the incoming weights for the
+   early-stopping step (scaled by ``n / n_train``). Otherwise the last hold-out run's model goes on with all
+   corrections (held-out ones included) for the rest of the time budget, with a fresh warm-up + cosine decay:
+   no step already taken is thrown away, and no correction is left out of the final model.
 4. **Learning rate**: linear warm-up then cosine decay; the decoder and head get the peak ``learning_rate``
-   (1e-3 out of domain, 2e-4 in domain by the same criterion as replay: in-domain corrections are small
+   (3e-3 out of domain, the best peak of the manual grid on every real case at 2 corrections; 2e-4 in domain by
+   the same criterion as replay: in-domain corrections are small
    refinements and one step at 1e-3 already costs the shipped model Dice on its own test set), the encoder a
    lower one (``encoder_lr_ratio`` x peak, 0.3): the head must move to a new domain or class set, the low-level
    filters much less. Two Adam optimisers, one per group.
@@ -78,7 +83,7 @@ class FineTuneSettings:
         Manual override: train on all corrections for this many epochs (an epoch shows each correction's area
         once: ``ceil(n * (H*W / crop^2) / batch_size)`` steps), no hold-out, no early stopping.
     learning_rate : float or None
-        Peak learning rate of the decoder and head (automatic: 1e-3 out of domain, 2e-4 in domain).
+        Peak learning rate of the decoder and head (automatic: 3e-3 out of domain, 2e-4 in domain).
     encoder_lr_ratio : float
         Encoder peak learning rate as a fraction of ``learning_rate``.
     replay : bool or None
@@ -99,6 +104,12 @@ class FineTuneSettings:
     min_epochs, min_steps : int
         Never stop a hold-out run before ``max(min_steps, min_epochs * steps_per_epoch)`` steps (a new head or
         domain often passes through an all-background phase first).
+    overfit_drop : float
+        Held-out Dice lost after its best (mean of the last 3 evaluations, averaged over folds) that counts as
+        over-fitting: then the final model trains for the early-stopping point only; otherwise for what the time
+        budget still allows (at least the early-stopping point). 0: always the early-stopping point.
+    select_share : float
+        Share of the time budget the hold-out runs may use.
     min_holdout_split : int
         With fewer corrections, leave-one-out folds are used instead of a single hold-out split.
     holdout_fraction : float
@@ -123,6 +134,8 @@ class FineTuneSettings:
     min_patience_steps: int = 20
     min_epochs: int = 8
     min_steps: int = 30
+    overfit_drop: float = 0.03
+    select_share: float = 0.4
     min_holdout_split: int = 4
     holdout_fraction: float = 0.2
     time_budget_s: float | None = None
@@ -167,7 +180,8 @@ class FineTuneSettings:
 class FineTuneResult:
     """What :func:`adapt` returns.
 
-    ``decisions`` records every automatic choice with the measurement behind it (JSON-serialisable; it goes into
+    ``steps`` / ``epochs`` count every training step the returned model received (a hold-out run it continued
+    from included). ``decisions`` records every automatic choice with the measurement behind it (JSON-serialisable; it goes into
     the model card and the version's metrics). ``history`` has one record per evaluation or logged step:
     ``{"phase", "fold", "step", "epoch", "loss", "val_dice"?, "elapsed"}``.
     """
@@ -437,9 +451,10 @@ class _Trainer:
             i += len(g)
         return value
 
-    def reset(self, peaks: Sequence[float], warmup: int, total: int) -> None:
-        """Back to the incoming weights with fresh optimiser state and a new schedule."""
-        self.net.set_weights(self.base_weights)
+    def reset(self, peaks: Sequence[float], warmup: int, total: int, *, keep_weights: bool = False) -> None:
+        """Fresh optimiser state and a new schedule; back to the incoming weights unless ``keep_weights``."""
+        if not keep_weights:
+            self.net.set_weights(self.base_weights)
         for opt, sched, peak in zip(self.optimizers, self.schedules, peaks):
             for v in opt.variables:
                 v.assign(tf.zeros_like(v))
@@ -500,6 +515,7 @@ class _Run:
     patience: int = 0
     eval_every: int = 1
     min_steps: int = 0
+    continue_from_current: bool = False
 
 
 class _Context:
@@ -534,12 +550,13 @@ class _Context:
 def _execute(trainer: _Trainer, run: _Run, x, y, settings: FineTuneSettings, replay, ctx: _Context) -> dict:
     """Train one run; with a held-out set, early-stop on its Dice and return the best step."""
     total = run.max_steps if run.cosine else 0
-    trainer.reset(run.peaks, run.warmup, total)
+    trainer.reset(run.peaks, run.warmup, total, keep_weights=run.continue_from_current)
     ds = iter(_sample_dataset(x, y, run.train_idx, settings, replay, settings.seed + run.fold))
     k = trainer.config.num_classes
     xv, yv = (x[run.val_idx], y[run.val_idx]) if run.val_idx else (None, None)
     best, best_step, waited, step, losses = -1.0, 0, 0, 0, []
     step_times: list[float] = []
+    curve: list[float] = []
     while step < run.max_steps:
         ctx.check_cancel()
         if step >= 2 and time.perf_counter() > run.deadline:
@@ -554,6 +571,7 @@ def _execute(trainer: _Trainer, run: _Run, x, y, settings: FineTuneSettings, rep
         if xv is not None and (step % run.eval_every == 0 or step == run.max_steps):
             d = _dice_on(trainer.net, xv, yv, k)
             rec["val_dice"] = d
+            curve.append(d)
             if d > best + 1e-4:
                 best, best_step, waited = d, step, 0
             else:
@@ -563,12 +581,14 @@ def _execute(trainer: _Trainer, run: _Run, x, y, settings: FineTuneSettings, rep
                 break
         else:
             ctx.report(rec)
+    # how far the held-out Dice fell after its best (mean of the last 3 evaluations): evidence of over-fitting
+    drop = float(best - np.mean(curve[-3:])) if curve else 0.0
     return {"best_dice": best if (xv is not None and best >= 0) else None, "best_step": best_step, "steps": step,
-            "step_seconds": float(np.median(step_times)) if step_times else 0.0}
+            "drop_after_best": round(drop, 4), "step_seconds": float(np.median(step_times)) if step_times else 0.0}
 
 
 SINGLE_CORRECTION_EPOCHS = 40
-NEW_DOMAIN_LR = 1e-3  # decoder/head peak when the corrections are out of the training domain (or a new head)
+NEW_DOMAIN_LR = 3e-3  # decoder/head peak when the corrections are out of the training domain (or a new head)
 IN_DOMAIN_LR = 2e-4  # ... when they are in domain: small corrections, do not forget what works
 
 
@@ -669,8 +689,8 @@ def adapt(model: keras.Model, config: ModelConfig, images: Sequence[np.ndarray],
     loss = get_loss("wce_batch_dice", class_weights=class_weights_from_masks(y, config.num_classes, power=0.5))
     trainer = _Trainer(model, config, loss)
     manual = s.epochs is not None or n < 2
-    select_budget = 0.55 * budget
-    ctx = _Context(progress, cancel, t0, spe, select_budget, 0.0 if manual else 0.55)
+    select_budget = s.select_share * budget
+    ctx = _Context(progress, cancel, t0, spe, select_budget, 0.0 if manual else s.select_share)
     held_out_dice = None
 
     if s.epochs is not None:
@@ -704,28 +724,44 @@ def adapt(model: keras.Model, config: ModelConfig, images: Sequence[np.ndarray],
         held_out_dice = float(np.mean(scored)) if scored else None
         n_train = np.mean([len(tr) for tr, _ in folds])
         scale = n / n_train if len(folds) == 1 else 1.0
-        final_steps = max(spe, round(float(np.mean(best_steps)) * scale))
-        decisions["folds"] = fold_info
-        decisions["epochs_reason"] = (f"early stopping on held-out Dice: best at step(s) {best_steps} "
-                                      f"(held-out Dice {[None if d is None else round(d, 4) for d in best_dices]}), x{scale:.2f} for "
-                                      f"training on all {n}")
+        chosen = max(spe, round(float(np.mean(best_steps)) * scale))
+        drop = float(np.mean([fi["drop_after_best"] for fi in fold_info]))
         step_s = float(np.median([fi["step_seconds"] for fi in fold_info]))
         remaining = budget - (time.perf_counter() - t0) - 1.0
         affordable = max(spe, int(remaining / max(step_s, 1e-3)))
-        if final_steps > affordable:
-            decisions["capped_by_time"] = {"wanted_steps": final_steps, "affordable_steps": affordable}
+        decisions["folds"] = fold_info
+        stops = (f"held-out Dice best at step(s) {best_steps} "
+                 f"({[None if d is None else round(d, 4) for d in best_dices]}), x{scale:.2f} for all {n} = {chosen}")
+        if drop >= s.overfit_drop:
+            final_steps = min(chosen, affordable)
+            decisions["epochs_reason"] = (f"early stopping: {stops}; held-out Dice fell {drop:.3f} after its best "
+                                          f"(>= {s.overfit_drop}: over-fitting), so the final model trains from the "
+                                          f"incoming weights for that point ({final_steps} steps)")
+            if chosen > affordable:
+                decisions["capped_by_time"] = {"wanted_steps": chosen, "affordable_steps": affordable}
+        else:
+            # no over-fitting seen: keep what the last hold-out run learnt and go on with all corrections
+            continued = fold_info[-1]["steps"]
             final_steps = affordable
+            decisions["continued_from_hold_out_run"] = {"fold": len(folds) - 1, "steps": continued}
+            decisions["epochs_reason"] = (f"{stops}; held-out Dice fell only {drop:.3f} after its best "
+                                          f"(< {s.overfit_drop}: no over-fitting seen), so the last hold-out run's "
+                                          f"model ({continued} steps) goes on with all {n} corrections for the "
+                                          f"{affordable} steps the time budget allows")
     decisions["final_steps"] = final_steps
     ctx.final_steps = final_steps
     run = _Run("final", -1, list(range(n)), [], final_steps, float("inf"), peaks,
-               warmup=max(1, min(final_steps // 10, 3 * spe)), cosine=True)
+               warmup=max(1, min(final_steps // 10, 3 * spe)), cosine=True,
+               continue_from_current="continued_from_hold_out_run" in decisions)
     _execute(trainer, run, x, y, s, replay_used, ctx)
+    total_steps = final_steps + decisions.get("continued_from_hold_out_run", {}).get("steps", 0)
+    decisions["total_steps"] = total_steps
     new_config = copy.deepcopy(config)
     seconds = time.perf_counter() - t0
     decisions["seconds"] = round(seconds, 2)
     new_config.card = {**(new_config.card or {}), "fine_tuning": _jsonable(decisions)}
-    return FineTuneResult(model=trainer.net, config=new_config, epochs=round(final_steps / spe, 3),
-                          steps=final_steps, learning_rate=lr, encoder_learning_rate=lr * s.encoder_lr_ratio,
+    return FineTuneResult(model=trainer.net, config=new_config, epochs=round(total_steps / spe, 3),
+                          steps=total_steps, learning_rate=lr, encoder_learning_rate=lr * s.encoder_lr_ratio,
                           replay=use_replay, decisions=_jsonable(decisions), history=ctx.history,
                           held_out_dice=held_out_dice, seconds=seconds)
 

@@ -429,7 +429,7 @@ class JobManager:
                                    baseline_version=base_version)
         metrics.update(held_out_cases=list(spec.get("held_out_ids", [])), n_test_images=n_phantom, eval_set=eval_set,
                        finetune=res.decisions, settings=spec.get("settings") or {}, job_id=jid,
-                       history=res.history[-200:])
+                       history=_compact_history(res.history))
         if self._cancelled(jid):
             raise _cancelled_error()
         res.config.card = {**(res.config.card or {}), "training_data": [
@@ -457,6 +457,12 @@ class JobManager:
         from .data import load_split
 
         return load_split(self.sample_dir / "phantom" / "train", config)
+
+
+def _compact_history(history: list[dict], keep: int = 120) -> list[dict]:
+    """Held-out evaluations and every tenth final step (the registry keeps this per version; keep it small)."""
+    rows = [h for h in history if "val_dice" in h or (h.get("phase") == "final" and h["step"] % 10 == 0)]
+    return rows[-keep:] + ([history[-1]] if history and (not rows or rows[-1] is not history[-1]) else [])
 
 
 def _cancelled_error():

@@ -54,7 +54,7 @@ def test_schedule_stops_early_on_held_out_dice():
 
     model, cfg = tiny(2, ("background", "disc"))
     ims, ms = disc_case(5)
-    s = FineTuneSettings(**FAST, max_epochs=400, time_budget_s=300)
+    s = FineTuneSettings(**FAST, max_epochs=400, time_budget_s=300, overfit_drop=0.0)
     res = adapt(model, cfg, ims, ms, settings=s)
     (fold,) = res.decisions["folds"]  # 5 corrections: one split, one image held out
     assert fold["held_out"] == [i for i in range(5) if i not in fold["train"]] and len(fold["held_out"]) == 1
@@ -70,11 +70,24 @@ def test_schedule_stops_early_on_held_out_dice():
     assert fold["steps"] - fold["best_step"] >= max(s.min_patience_steps, fold["best_step"] // 2)
     assert max(dices) > 0.7, f"the tiny model should learn the discs; held-out curve {curve}"
     # the final model trains on all corrections for the chosen steps, scaled by n / n_train
-    assert res.steps == max(spe, round(fold["best_step"] * 5 / 4))
+    # (overfit_drop=0: the early-stopping point, not the rest of the time budget)
+    assert res.steps == max(spe, round(fold["best_step"] * 5 / 4)) and "early stopping" in res.decisions["epochs_reason"]
     assert [h["phase"] for h in res.history].count("final") == res.steps
     fr = [h["fraction"] for h in res.history]
     assert fr == sorted(fr) and fr[-1] == 1.0
     assert res.decisions["replay"] is False and res.held_out_dice == pytest.approx(max(dices))
+
+
+def test_plateau_without_overfitting_trains_for_the_time_budget():
+    from segcore.finetune import FineTuneSettings, adapt
+
+    model, cfg = tiny(2, ("background", "disc"))
+    ims, ms = disc_case(4)
+    res = adapt(model, cfg, ims, ms, settings=FineTuneSettings(**FAST, overfit_drop=1.0, time_budget_s=8))
+    (fold,) = res.decisions["folds"]
+    assert "time budget allows" in res.decisions["epochs_reason"]
+    assert res.steps >= max(1, round(fold["best_step"] * 4 / 3))
+    assert res.seconds < 8 + 4  # the budget holds (plus the last step and bookkeeping)
 
 
 def test_few_corrections_use_leave_one_out_and_manual_override_skips_holdout():
