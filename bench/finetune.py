@@ -197,6 +197,8 @@ def phantom_pairs(split: str, n: int):
 def _commit() -> str:
     import subprocess
 
+    if os.environ.get("SEGCORE_BENCH_COMMIT"):  # a snapshot without .git (git archive) says which commit it is
+        return os.environ["SEGCORE_BENCH_COMMIT"]
     r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
     return r.stdout.strip() or "unknown (not a git checkout)"
 
@@ -278,8 +280,9 @@ def main(argv=None) -> int:
            "note": "Dice = foreground Dice pooled over the test slices at the model's 256x256 input; 'default' is "
                    "adapt() with FineTuneSettings() and its time is the whole call on this machine; 'best_manual' "
                    "is the grid cell with the best TEST Dice (an optimistic upper bound).",
-           "command": "flock /tmp/segcore-cpu.lock .venv/bin/python bench/finetune.py"
-                      + (" --quick" if args.quick else ""), "smoke_only": args.smoke_budget is not None,
+           "command": " ".join(["flock /tmp/segcore-cpu.lock .venv/bin/python bench/finetune.py",
+                                *(argv if argv is not None else sys.argv[1:])]),
+           "smoke_only": args.smoke_budget is not None,
            "seconds_total": round(time.perf_counter() - T0, 1)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))

@@ -177,8 +177,8 @@ def finetune_section(ft) -> list[str]:
                        f"{g['phantom_test_dice_shipped']:.4f} | {g['gate_held_out_candidate']:.4f} / "
                        f"{g['gate_held_out_shipped']:.4f} | {'yes' if g['gate_passed'] else 'no (refused)'} | "
                        f"{g['job_seconds']} s |")
-    out += ["", (f"{ft['note']} Grid: epochs {ft['grid']['epochs']} × lr {ft['grid']['learning_rates']}. "
-                 f"Command: `{ft['command']}`."), ""]
+    out += ["", (f"{ft['note']} Grid: epochs {ft['grid']['epochs']} × lr {ft['grid']['learning_rates']} "
+                 f"({ft.get('grid_source', 'measured in this run')}). Command: `{ft['command']}`."), ""]
     return out
 
 
