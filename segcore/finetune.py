@@ -28,12 +28,13 @@ What :func:`adapt` decides when :class:`FineTuneSettings` is left at its default
    early-stopping step (scaled by ``n / n_train``). Otherwise the last hold-out run's model goes on with all
    corrections (held-out ones included) for the rest of the time budget, with a fresh warm-up + cosine decay:
    no step already taken is thrown away, and no correction is left out of the final model.
-4. **Learning rate**: linear warm-up then cosine decay; the decoder and head get the peak ``learning_rate``
-   (3e-3 out of domain, the best peak of the manual grid on every real case at 2 corrections; 2e-4 in domain by
-   the same criterion as replay: in-domain corrections are small
-   refinements and one step at 1e-3 already costs the shipped model Dice on its own test set), the encoder a
-   lower one (``encoder_lr_ratio`` x peak, 0.3): the head must move to a new domain or class set, the low-level
-   filters much less. Two Adam optimisers, one per group.
+4. **Learning rate**: linear warm-up then cosine decay; the decoder and head get the peak ``learning_rate``,
+   the encoder a lower one (``encoder_lr_ratio`` x peak, 0.3): the head must move to a new domain or class set,
+   the low-level filters much less. Two Adam optimisers, one per group. The peak follows the same domain
+   criterion as replay: 2e-4 in domain (small refinements; one step at 1e-3 already cost the shipped model Dice
+   on its own test set); out of domain 3e-3 with fewer than 4 corrections (the best peak of the manual grid on
+   every real case with 2 corrections) and 1e-3 with more (at 8 corrections 3e-3 gained little and once
+   collapsed to all-background on the lung lesions, 1e-3 did not; bench/finetune.py).
 5. **Augmentation**: :func:`segcore.data.augment` (flips, rot90, affine, photometric) on every sample, then a
    random crop (``crop`` px, half the crops centred on a foreground pixel so small lesions are seen).
 6. **Time**: everything fits in ``time_budget_s`` (automatic: 45 s for up to 8 corrections, growing with the
@@ -83,7 +84,8 @@ class FineTuneSettings:
         Manual override: train on all corrections for this many epochs (an epoch shows each correction's area
         once: ``ceil(n * (H*W / crop^2) / batch_size)`` steps), no hold-out, no early stopping.
     learning_rate : float or None
-        Peak learning rate of the decoder and head (automatic: 3e-3 out of domain, 2e-4 in domain).
+        Peak learning rate of the decoder and head (automatic: out of domain 3e-3 below 4 corrections, else
+        1e-3; in domain 2e-4).
     encoder_lr_ratio : float
         Encoder peak learning rate as a fraction of ``learning_rate``.
     replay : bool or None
@@ -588,7 +590,8 @@ def _execute(trainer: _Trainer, run: _Run, x, y, settings: FineTuneSettings, rep
 
 
 SINGLE_CORRECTION_EPOCHS = 40
-NEW_DOMAIN_LR = 3e-3  # decoder/head peak when the corrections are out of the training domain (or a new head)
+NEW_DOMAIN_LR_FEW = 3e-3  # decoder/head peak out of the training domain (or a new head), fewer than 4 corrections
+NEW_DOMAIN_LR = 1e-3  # ... 4 or more corrections
 IN_DOMAIN_LR = 2e-4  # ... when they are in domain: small corrections, do not forget what works
 
 
@@ -678,10 +681,11 @@ def adapt(model: keras.Model, config: ModelConfig, images: Sequence[np.ndarray],
 
     # -- learning rates: higher for decoder/head, lower for the encoder; gentler for in-domain corrections
     in_domain = base_dice >= s.in_domain_dice
-    lr = float(s.learning_rate or (IN_DOMAIN_LR if in_domain else NEW_DOMAIN_LR))
+    auto_lr = IN_DOMAIN_LR if in_domain else (NEW_DOMAIN_LR_FEW if n < s.min_holdout_split else NEW_DOMAIN_LR)
+    lr = float(s.learning_rate or auto_lr)
     decisions["learning_rate_reason"] = ("manual override" if s.learning_rate else
                                          f"{'in' if in_domain else 'out of'} domain (Dice {base_dice:.3f} vs "
-                                         f"{s.in_domain_dice}): peak {lr:g}")
+                                         f"{s.in_domain_dice}), {n} corrections: peak {lr:g}")
     peaks = (lr, lr * s.encoder_lr_ratio)
     decisions.update(learning_rate=lr, encoder_learning_rate=lr * s.encoder_lr_ratio,
                      schedule="linear warm-up + cosine decay to 5% (final run); warm-up + constant (hold-out runs)")
