@@ -37,7 +37,7 @@ What :func:`adapt` decides when :class:`FineTuneSettings` is left at its default
    collapsed to all-background on the lung lesions, 1e-3 did not; bench/finetune.py).
 5. **Augmentation**: :func:`segcore.data.augment` (flips, rot90, affine, photometric) on every sample, then a
    random crop (``crop`` px, half the crops centred on a foreground pixel so small lesions are seen).
-6. **Time**: everything fits in ``time_budget_s`` (automatic: 45 s for up to 8 corrections, growing with the
+6. **Time**: everything fits in ``time_budget_s`` (automatic: 50 s for up to 8 corrections, growing with the
    square root of their number): the step time is measured and step counts are capped to fit.
 
 Manual overrides (``epochs``, ``learning_rate``, ``replay``, ...) replace the corresponding decision; with
@@ -117,7 +117,7 @@ class FineTuneSettings:
     holdout_fraction : float
         Share of the corrections held out when there are enough.
     time_budget_s : float or None
-        Wall-clock budget for the whole call (automatic: ``45 * max(1, sqrt(n / 8))`` s).
+        Wall-clock budget for the whole call (automatic: ``50 * max(1, sqrt(n / 8))`` s).
     seed : int
         Seed of the split and of the sampling.
     """
@@ -613,7 +613,7 @@ def replay_decision(domain_dice_value: float, settings: FineTuneSettings, has_re
 
 
 def _auto_budget(n: int) -> float:
-    return 45.0 * max(1.0, math.sqrt(n / 8.0))
+    return 50.0 * max(1.0, math.sqrt(n / 8.0))
 
 
 def adapt(model: keras.Model, config: ModelConfig, images: Sequence[np.ndarray], masks: Sequence[np.ndarray], *,
