@@ -141,7 +141,7 @@ class ModelCard:
     created_at: str = ""
 
     @classmethod
-    def from_config(cls, config: ModelConfig) -> "ModelCard":
+    def from_config(cls, config: ModelConfig) -> ModelCard:
         """A card from ``config.card`` (free fields) completed with the config's classes, metrics and lineage."""
         known = {f.name for f in dataclasses.fields(cls)}
         card = cls(**{k: v for k, v in (config.card or {}).items() if k in known})
