@@ -22,14 +22,43 @@ __all__ = ["load_card", "domain_warnings"]
 
 
 def load_card(model_dir: str | Path) -> dict:
-    """The card of the model in ``model_dir`` (``card.json``); a minimal card built from its config otherwise."""
+    """The card of the model in ``model_dir``, ready to show: classes as names, training data as one sentence.
+
+    A segmentation model saved by :func:`segcore.models.save_model` gets :func:`segcore.models.load_card`'s card
+    (``card.json`` merged with ``config.json``, which is the authority on classes, metrics and lineage); other
+    models (Mask R-CNN, click network) their ``card.json``; a folder without a card a minimal one that says so.
+    """
     d = Path(model_dir)
-    if (d / "card.json").is_file():
-        return json.loads((d / "card.json").read_text())
+    raw = json.loads((d / "card.json").read_text()) if (d / "card.json").is_file() else None
     cfg = json.loads((d / "config.json").read_text()) if (d / "config.json").is_file() else {}
+    if (d / "model.keras").is_file() and "class_names" in cfg:  # a ModelConfig, not the click network's config
+        from .models import load_card as model_card
+
+        return _for_display({**(raw or {}), **model_card(d).to_dict()})
+    if raw is not None:
+        return _for_display(raw)
     return {"name": d.name, "classes": cfg.get("class_names", []), "training_data": "not documented",
             "intended_domain": {}, "metrics": cfg.get("metrics", {}),
             "limitations": "This model has no card: its training data and intended domain are unknown."}
+
+
+def _for_display(card: dict) -> dict:
+    """Class dicts to names, a list of training sources to one sentence (input not mutated).
+
+    >>> _for_display({"classes": [{"index": 0, "name": "background"}],
+    ...               "training_data": [{"source": "a", "n_images": 3}, {"source": "b", "description": "x"}]})
+    {'classes': ['background'], 'training_data': 'a (3 images); x'}
+    """
+    out = dict(card)
+    out["classes"] = [c["name"] if isinstance(c, dict) else str(c) for c in card.get("classes", [])]
+    td = card.get("training_data")
+    if isinstance(td, list):
+        out["training_data"] = "; ".join(
+            (t.get("description") or t.get("source", "?"))
+            + (f" ({t['n_images']} images)" if t.get("n_images") else "")
+            + (f", licence: {t['licence']}" if t.get("licence") else "")
+            if isinstance(t, dict) else str(t) for t in td) or "not documented"
+    return out
 
 
 def domain_warnings(card: dict, scan: Scan, *, is_phantom_sample: bool = False) -> list[str]:

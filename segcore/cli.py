@@ -259,6 +259,34 @@ def _cmd_segment_volume(args) -> int:
     return 0
 
 
+def _cmd_finetune(args) -> int:
+    from .jobs import JobManager, JobSpec
+    from .store import REPO_ROOT, Workspace
+
+    ws = Workspace(args.data_dir, default_model_dir=REPO_ROOT / "sample_data" / "models" / "default")
+    held = [c for c in args.held_out.split(",") if c]
+    train_ids = [c for c in args.train.split(",") if c] or [c.id for c in ws.list_corrections() if c.id not in held]
+    settings = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        settings[name.strip()] = json.loads(value) if value.strip() not in ("", "None") else None
+    classes = [c for c in args.classes.split(",") if c] or None
+    mgr = JobManager(ws)
+    jid = mgr.submit(JobSpec(args.by, train_ids, held_out_ids=held, settings=settings, class_names=classes))
+    print(f"job {jid} queued", flush=True)
+    seen = 0
+    while not (st := mgr.get(jid)).finished:
+        lines = mgr.log(jid).splitlines()
+        for line in lines[seen:]:
+            if " progress " not in line or '"val_dice"' in line:
+                print(line, flush=True)
+        seen = len(lines)
+        time.sleep(1.0)
+    print(json.dumps({"state": st.state, "error": st.error, **st.result}, indent=1))
+    mgr.shutdown()
+    return 0 if st.state == "done" else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m segcore", description="segcore command line")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -378,6 +406,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sim-rounds", type=int, default=3, help="most simulator rounds per batch (uniform above 3)")
     p.add_argument("--init", default=None, help="continue from this interactive model folder (fine-tuning stage)")
     p.set_defaults(func=_cmd_train_interactive)
+
+    p = sub.add_parser("finetune", help="fine-tune the active model on saved corrections as a background job")
+    p.add_argument("--data-dir", default=None, help="workspace (default: SEGCORE_DATA_DIR or ./segcore_data)")
+    p.add_argument("--by", required=True, help="who starts the job")
+    p.add_argument("--train", default="", help="comma-separated correction ids (default: all)")
+    p.add_argument("--held-out", default="", help="comma-separated correction ids for the evaluation only")
+    p.add_argument("--classes", default="", help="new class set, background first, e.g. background,nucleus")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a FineTuneSettings field (repeatable), e.g. --set epochs=30")
+    p.set_defaults(func=_cmd_finetune)
 
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)

@@ -98,6 +98,12 @@ def model_card(card: dict, warnings: list[str], *, expanded: bool = False) -> No
                     f"**Trained on:** {card.get('training_data', '—')}  \n"
                     f"**Intended domain:** {(card.get('intended_domain') or {}).get('description', '—')}  \n"
                     f"**Limitations:** {card.get('limitations', '—')}")
+        if card.get("version"):
+            st.caption(f"Version {card['version']}" + (f", fine-tuned from {card['parent_version']}"
+                                                       if card.get("parent_version") else ""))
+        if card.get("fine_tuning"):
+            st.caption("Fine-tuning: " + ", ".join(f"{k} {v}" for k, v in card["fine_tuning"].items()
+                                                    if isinstance(v, (int, float, str, bool))))
         for split, values in (card.get("metrics") or {}).items():
             if isinstance(values, dict):
                 st.caption(f"{split}: " + ", ".join(f"{k} {v}" for k, v in values.items()

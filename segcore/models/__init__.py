@@ -26,6 +26,9 @@ __all__ = [
     "load_model",
     "validate_model",
     "ModelFileError",
+    "ModelCard",
+    "load_card",
+    "default_class_colors",
 ]
 
 
@@ -77,6 +80,8 @@ class ModelConfig:
     metrics: dict = dataclasses.field(default_factory=dict)
     trained_on: list = dataclasses.field(default_factory=list)
     created_at: str = ""
+    class_colors: tuple[tuple[int, int, int], ...] = ()
+    card: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.class_names = tuple(self.class_names)
@@ -85,6 +90,12 @@ class ModelConfig:
             raise ValueError(
                 f"class_names has {len(self.class_names)} names but num_classes is {self.num_classes}."
             )
+        # config.json files written before class colours existed load with the display palette's colours
+        colors = tuple(tuple(int(v) for v in c) for c in (self.class_colors or default_class_colors(self.num_classes)))
+        if len(colors) != self.num_classes or any(len(c) != 3 or not all(0 <= v <= 255 for v in c) for c in colors):
+            raise ValueError(f"class_colors must hold one RGB triple in [0, 255] per class ({self.num_classes}). "
+                             f"Got {list(self.class_colors)}.")
+        self.class_colors = colors  # type: ignore[assignment]
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -95,8 +106,90 @@ class ModelConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
+def default_class_colors(num_classes: int) -> tuple[tuple[int, int, int], ...]:
+    """The display palette's colours (:data:`segcore.viz.PALETTE`) for classes ``0..num_classes-1``, cycled.
+
+    >>> default_class_colors(2)
+    ((0, 0, 0), (46, 204, 113))
+    """
+    from ..viz import PALETTE
+
+    return tuple(tuple(int(v) for v in PALETTE[i % len(PALETTE)]) for i in range(int(num_classes)))
+
+
+@dataclasses.dataclass
+class ModelCard:
+    """What a person needs to know before trusting a model version (written as ``card.json`` beside it).
+
+    ``classes`` is a list of ``{"index", "name", "color"}`` (taken from ``config.json``, which is the
+    authority on classes); ``training_data`` a list of ``{"source", "n_images", "description", "licence"}``;
+    ``intended_domain`` e.g. ``{"modalities": ["CT"], "synthetic_only": true, "anatomy": "...", "notes": "..."}``;
+    ``metrics`` the evaluation stored with the version (``test`` for the shipped model, ``held_out`` /
+    ``baseline_held_out`` for fine-tuned versions); ``fine_tuning`` what :func:`segcore.finetune.adapt` decided.
+    """
+
+    name: str = ""
+    version: str = ""
+    parent_version: str | None = None
+    architecture: str = ""
+    classes: list = dataclasses.field(default_factory=list)
+    training_data: list = dataclasses.field(default_factory=list)
+    intended_domain: dict = dataclasses.field(default_factory=dict)
+    metrics: dict = dataclasses.field(default_factory=dict)
+    fine_tuning: dict = dataclasses.field(default_factory=dict)
+    limitations: str = ""
+    created_at: str = ""
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> ModelCard:
+        """A card from ``config.card`` (free fields) completed with the config's classes, metrics and lineage."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        card = cls(**{k: v for k, v in (config.card or {}).items() if k in known})
+        card.version = config.version
+        card.parent_version = config.parent_version
+        card.architecture = config.architecture
+        card.created_at = config.created_at
+        card.classes = [{"index": i, "name": n, "color": list(c)}
+                        for i, (n, c) in enumerate(zip(config.class_names, config.class_colors))]
+        if config.metrics:
+            card.metrics = config.metrics
+        if not card.training_data and config.trained_on:
+            card.training_data = [{"source": str(s)} for s in config.trained_on]
+        return card
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_card(model_dir: str | Path) -> ModelCard:
+    """The model card of a saved model: ``card.json`` merged with ``config.json`` (classes, metrics, lineage).
+
+    A folder without ``card.json`` (versions saved before cards existed) gets a card built from its config.
+
+    Raises
+    ------
+    FileNotFoundError
+        No ``config.json`` in ``model_dir``.
+    ModelFileError
+        ``config.json`` or ``card.json`` is not valid JSON of the expected shape.
+    """
+    model_dir = Path(model_dir)
+    cfg_path, card_path = model_dir / "config.json", model_dir / "card.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"No model config in '{model_dir}': expected config.json written by save_model.")
+    try:
+        config = ModelConfig.from_dict(json.loads(cfg_path.read_text()))
+        extra = json.loads(card_path.read_text()) if card_path.is_file() else {}
+        if not isinstance(extra, dict):
+            raise TypeError(f"card.json holds a {type(extra).__name__}, expected an object")
+    except (ValueError, TypeError) as exc:
+        raise ModelFileError(f"'{model_dir}' has an unreadable config.json or card.json: {exc}") from exc
+    config.card = {**extra, **(config.card or {})}
+    return ModelCard.from_config(config)
+
+
 def save_model(model: keras.Model, config: ModelConfig, directory: str | Path) -> Path:
-    """Write ``model.keras`` and ``config.json`` into ``directory`` atomically.
+    """Write ``model.keras``, ``config.json`` and ``card.json`` into ``directory`` atomically.
 
     The files are written to a temporary sibling folder which is then renamed,
     so a crash never leaves a half-written model where a good one was.
@@ -108,6 +201,7 @@ def save_model(model: keras.Model, config: ModelConfig, directory: str | Path) -
     try:
         model.save(tmp / "model.keras")
         (tmp / "config.json").write_text(config.to_json())
+        (tmp / "card.json").write_text(json.dumps(ModelCard.from_config(config).to_dict(), indent=2))
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")
             if old.exists():

@@ -1,0 +1,495 @@
+"""Fine-tune jobs that run in the server's background, not in a page script.
+
+One :class:`JobManager` per server process (the app keeps it with ``st.cache_resource``) owns worker threads
+that run :func:`segcore.finetune.adapt` on saved corrections. Every job lives on disk under the workspace::
+
+    <data dir>/jobs/<id>/state.json   spec, state, progress, result or error (rewritten atomically)
+    <data dir>/jobs/<id>/log.txt      one line per event / progress record; the traceback of a failure
+    <data dir>/jobs/<id>/cancel       present when someone asked to cancel (checked before every step)
+
+States: ``queued`` -> ``running`` -> ``done`` (``result["version"]`` is the new, inactive version) | ``failed``
+(``error`` and the log say why) | ``cancelled``. A job never activates anything: promotion stays with
+:meth:`segcore.store.Workspace.promote`, which reads the held-out metrics stored with the version.
+
+When a manager starts it looks at the jobs on disk: a ``running`` job whose worker (process id + manager
+instance) is gone is marked ``failed`` with its log kept, and ``queued`` jobs of a dead server are queued again.
+Versions are numbered under the registry lock (``Workspace.add_version``), so concurrent jobs always get
+distinct versions; the active model is never written by a job.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import queue
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from .auth import Identity, require
+from .store import Workspace, _pid_alive, atomic_write
+
+__all__ = ["JOB_STATES", "JobManager", "JobSpec", "JobState", "evaluate_against"]
+
+JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+_FINISHED = ("done", "failed", "cancelled")
+# managers of this process whose workers are running (a second manager in the same process, e.g. after a cache
+# clear, must not mistake their jobs for orphans)
+_LIVE_INSTANCES: set[str] = set()
+
+
+def _process_token(pid: int) -> str:
+    """The start time of process ``pid`` (Linux ``/proc``), so a reused pid is not taken for the old worker."""
+    try:
+        return Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError, ValueError):
+        return ""
+
+
+def _worker_alive(worker: dict) -> bool:
+    pid = worker.get("pid")
+    if pid is None or int(pid) == os.getpid() or not _pid_alive(int(pid)):
+        return False
+    token = worker.get("token", "")
+    return not token or token == _process_token(int(pid))
+
+
+def _actor(spec: dict) -> Identity:
+    """The identity that submitted the job (checked then); older specs name only a local user."""
+    a = spec.get("actor")
+    if not a:
+        return Identity.local(spec.get("created_by") or "unknown")
+    return Identity(a["subject"], a["name"], a.get("email", ""), frozenset(a.get("roles", ())),
+                    bool(a.get("authenticated")), a.get("issuer", ""))
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclasses.dataclass
+class JobSpec:
+    """What to fine-tune.
+
+    Attributes
+    ----------
+    created_by : Identity or str
+        Who started it: checked for the role that may fine-tune when submitted (a string is a self-declared
+        local name), shown in the queue and recorded with the version the job writes.
+    correction_ids : sequence of str
+        Saved corrections to train on (:meth:`Workspace.list_corrections` ids).
+    held_out_ids : sequence of str
+        Saved corrections used only for the evaluation against the active model.
+    base_version : str or None
+        Version to start from; None: the active version when the job is submitted.
+    settings : dict
+        :class:`segcore.finetune.FineTuneSettings` overrides ("Advanced"); empty = automatic.
+    class_names, class_colors : optional
+        A new class set (background first) for :func:`segcore.finetune.retarget`; None keeps the model's.
+    note : str
+        Free text stored with the version.
+    """
+
+    created_by: Identity | str
+    correction_ids: Sequence[str]
+    held_out_ids: Sequence[str] = ()
+    base_version: str | None = None
+    settings: dict = dataclasses.field(default_factory=dict)
+    class_names: Sequence[str] | None = None
+    class_colors: Sequence[Sequence[int]] | None = None
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        who = self.created_by
+        d = dataclasses.asdict(dataclasses.replace(self, created_by=""))
+        if isinstance(who, Identity):
+            d["created_by"], d["created_by_id"] = who.name, who.subject
+            d["actor"] = {"subject": who.subject, "name": who.name, "email": who.email, "roles": sorted(who.roles),
+                          "authenticated": who.authenticated, "issuer": who.issuer}
+        else:
+            d["created_by"] = who
+        d["correction_ids"] = list(self.correction_ids)
+        d["held_out_ids"] = list(self.held_out_ids)
+        d["class_names"] = list(self.class_names) if self.class_names else None
+        d["class_colors"] = [list(c) for c in self.class_colors] if self.class_colors else None
+        return d
+
+
+@dataclasses.dataclass
+class JobState:
+    """One job as the page shows it (read from ``state.json``).
+
+    ``progress`` is the last record of :func:`segcore.finetune.adapt` (``phase``, ``step``, ``epoch``, ``loss``,
+    ``val_dice``, ``elapsed``); ``result`` holds ``version`` and the held-out Dice of the candidate and of its
+    base when done; ``elapsed_s`` counts from start to finish (or to now while running).
+    """
+
+    id: str
+    state: str
+    spec: dict
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    progress: dict = dataclasses.field(default_factory=dict)
+    result: dict = dataclasses.field(default_factory=dict)
+    error: str = ""
+    worker: dict = dataclasses.field(default_factory=dict)
+    t_start: float | None = None
+    t_end: float | None = None
+
+    @property
+    def created_by(self) -> str:
+        return self.spec.get("created_by", "")
+
+    @property
+    def elapsed_s(self) -> float:
+        if self.t_start is None:
+            return 0.0
+        return round((self.t_end if self.t_end is not None else time.time()) - self.t_start, 1)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in _FINISHED
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> JobState:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def evaluate_against(candidate, candidate_config, baseline, baseline_config, images, masks, *,
+                     baseline_version: str | None) -> dict:
+    """Held-out metrics in the format :meth:`Workspace.gate` reads.
+
+    ``{"held_out": {...}, "baseline_held_out": {...} | None, "baseline_version": ..., "n_eval_images": n}``.
+    When the candidate's class names differ from the baseline's the two cannot be compared on the same masks:
+    ``baseline_held_out`` is None and the gate refuses promotion (activating a new class set is a separate,
+    explicit decision: :meth:`Workspace.activate`).
+    """
+    from .train import evaluate_model
+
+    if not len(images):
+        raise ValueError("The held-out set is empty: give the evaluation at least one image with a mask.")
+    cand = evaluate_model(candidate, candidate_config, list(images), list(masks))
+    same = tuple(candidate_config.class_names) == tuple(baseline_config.class_names)
+    base = evaluate_model(baseline, baseline_config, list(images), list(masks)) if same else None
+    out = {"held_out": cand, "baseline_held_out": base, "baseline_version": baseline_version,
+           "n_eval_images": len(images)}
+    if not same:
+        out["gate_note"] = (f"class set {list(candidate_config.class_names)} differs from "
+                            f"{list(baseline_config.class_names)} of {baseline_version}: not comparable")
+    return out
+
+
+class JobManager:
+    """Runs fine-tune jobs in worker threads owned by this process; state lives on disk.
+
+    Parameters
+    ----------
+    workspace : Workspace
+        Where corrections, versions and ``jobs/`` live.
+    max_workers : int
+        Jobs trained at the same time (default 1: on 2 cores a second job only slows both; further jobs queue).
+    sample_dir : path or None
+        Folder with ``phantom/train`` (replay candidates) and ``phantom/test`` (shipped-domain evaluation);
+        default: the repository's ``sample_data``. None: no replay set and no phantom evaluation.
+    start : bool
+        Start the workers (tests may inspect recovery without starting them).
+    """
+
+    def __init__(self, workspace: Workspace, *, max_workers: int = 1, sample_dir: str | Path | None = "default",
+                 start: bool = True):
+        from .store import REPO_ROOT
+
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1. Got {max_workers}.")
+        self.workspace = workspace
+        self.jobs_dir = workspace.root / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.sample_dir = (REPO_ROOT / "sample_data") if sample_dir == "default" else (
+            Path(sample_dir) if sample_dir is not None else None)
+        self.instance = uuid.uuid4().hex
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._cancel: dict[str, threading.Event] = {}
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self._shipped_classes = self._read_shipped_classes()
+        self.recovered = self._recover()
+        if start:
+            _LIVE_INSTANCES.add(self.instance)
+            for i in range(max_workers):
+                t = threading.Thread(target=self._worker, name=f"segcore-finetune-{i}", daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    # ----------------------------------------------------------------- public API
+    def submit(self, spec: JobSpec) -> str:
+        """Queue a fine-tune job; returns its id. Checks what can be checked now (author, corrections, version)."""
+        if isinstance(spec.created_by, str) and not spec.created_by.strip():
+            raise ValueError("A fine-tune job needs the name of who started it (created_by is empty).")
+        who = require(spec.created_by, "start_finetune")
+        known = {c.id for c in self.workspace.list_corrections()}
+        ids = list(spec.correction_ids)
+        if not ids:
+            raise ValueError("A fine-tune job needs at least one correction to train on.")
+        missing = sorted(set(ids + list(spec.held_out_ids)) - known)
+        if missing:
+            raise ValueError(f"Unknown correction ids {missing}. Saved corrections: {sorted(known)}.")
+        overlap = sorted(set(ids) & set(spec.held_out_ids))
+        if overlap:
+            raise ValueError(f"Corrections {overlap} are both trained on and held out; choose one.")
+        from .finetune import FineTuneSettings
+
+        FineTuneSettings.from_dict(spec.settings)  # unknown or invalid overrides fail now, not in the worker
+        spec = dataclasses.replace(spec, created_by=who,
+                                   base_version=spec.base_version or self.workspace.active_version())
+        if spec.base_version not in self.workspace.versions():
+            raise ValueError(f"Unknown base version '{spec.base_version}'. Known: {sorted(self.workspace.versions())}.")
+        jid = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f") + "-" + uuid.uuid4().hex[:6]
+        state = JobState(id=jid, state="queued", spec=spec.to_dict(), created_at=_now(),
+                         worker=self._worker_id())
+        with self._lock:
+            self._cancel[jid] = threading.Event()
+        self._write(state)
+        self._log(jid, f"queued by {who.name}: {len(ids)} corrections, base {spec.base_version}")
+        self._queue.put(jid)
+        return jid
+
+    def cancel(self, job_id: str, *, actor: Identity | str | None) -> JobState:
+        """Ask a job to stop: a queued job is cancelled now, a running one before its next training step.
+
+        ``actor`` needs the role that may fine-tune (the same as for starting a job).
+        """
+        who = require(actor, "start_finetune")
+        st = self.get(job_id)
+        if st.finished:
+            return st
+        (self.jobs_dir / job_id / "cancel").write_text(_now())
+        with self._lock:
+            ev = self._cancel.get(job_id)
+        if ev is not None:
+            ev.set()
+        if st.state == "queued":
+            return self._finish(st, "cancelled", error=f"cancelled by {who.name} before it started")
+        self._log(job_id, f"cancel requested by {who.name}")
+        return st
+
+    def get(self, job_id: str) -> JobState:
+        """The job's current state from disk."""
+        path = self.jobs_dir / str(job_id) / "state.json"
+        if not path.is_file():
+            raise ValueError(f"No fine-tune job with id '{job_id}'.")
+        return JobState.from_dict(json.loads(path.read_text()))
+
+    def jobs(self) -> list[JobState]:
+        """All jobs, newest first (for the queue on the page)."""
+        out = []
+        for d in sorted(self.jobs_dir.iterdir(), reverse=True) if self.jobs_dir.is_dir() else []:
+            if d.name.startswith(".") or not (d / "state.json").is_file():
+                continue
+            try:
+                out.append(JobState.from_dict(json.loads((d / "state.json").read_text())))
+            except (json.JSONDecodeError, TypeError):
+                continue
+        return out
+
+    def log(self, job_id: str) -> str:
+        """The job's log text."""
+        p = self.jobs_dir / str(job_id) / "log.txt"
+        return p.read_text() if p.is_file() else ""
+
+    def wait(self, job_id: str, timeout: float = 600.0) -> JobState:
+        """Block until the job has finished (for the CLI and tests; the page polls :meth:`get` instead)."""
+        end = time.monotonic() + timeout
+        while True:
+            st = self.get(job_id)
+            if st.finished:
+                return st
+            if time.monotonic() > end:
+                raise TimeoutError(f"Job {job_id} still {st.state} after {timeout} s.")
+            time.sleep(0.05)
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the workers after their current job (queued jobs stay queued on disk for the next start)."""
+        self._stopping = True
+        for _ in self._threads:
+            self._queue.put(None)
+        if wait:
+            for t in self._threads:
+                t.join()
+        _LIVE_INSTANCES.discard(self.instance)
+
+    def _worker_id(self) -> dict:
+        return {"pid": os.getpid(), "token": _process_token(os.getpid()), "instance": self.instance}
+
+    # ----------------------------------------------------------------- state on disk
+    def _write(self, st: JobState) -> None:
+        atomic_write(self.jobs_dir / st.id / "state.json", json.dumps(st.to_dict(), indent=1))
+
+    def _log(self, job_id: str, line: str) -> None:
+        with open(self.jobs_dir / job_id / "log.txt", "a") as f:
+            f.write(f"{_now()} {line}\n")
+
+    def _finish(self, st: JobState, state: str, *, error: str = "", result: dict | None = None) -> JobState:
+        st.state, st.error, st.finished_at, st.t_end = state, error, _now(), time.time()
+        if result is not None:
+            st.result = result
+        self._write(st)
+        self._log(st.id, f"{state}{': ' + error if error else ''}")
+        return st
+
+    def _recover(self) -> list[str]:
+        """Mark running jobs of dead workers failed; requeue queued jobs of dead servers. Returns the ids touched."""
+        touched = []
+        for st in reversed(self.jobs()):
+            if st.finished:
+                continue
+            w = st.worker or {}
+            alive = w.get("instance") in _LIVE_INSTANCES or _worker_alive(w)
+            if alive:
+                continue
+            if st.state == "running":
+                self._finish(st, "failed", error="the server stopped while this job was running (worker gone); "
+                                                 "the active model was not changed")
+                touched.append(st.id)
+            elif st.state == "queued":
+                st.worker = self._worker_id()
+                self._write(st)
+                self._log(st.id, "requeued after a server restart")
+                with self._lock:
+                    self._cancel[st.id] = threading.Event()
+                self._queue.put(st.id)
+                touched.append(st.id)
+        return touched
+
+    # ----------------------------------------------------------------- worker
+    def _worker(self) -> None:
+        while True:
+            jid = self._queue.get()
+            if jid is None or self._stopping:
+                return
+            try:
+                st = self.get(jid)
+            except ValueError:
+                continue
+            if st.state != "queued":
+                continue
+            try:
+                self._run(st)
+            except BaseException as exc:  # noqa: BLE001 - a job failure must never kill the worker
+                from .finetune import FineTuneCancelled
+
+                if isinstance(exc, FineTuneCancelled):
+                    self._finish(st, "cancelled", error="cancelled by request")
+                else:
+                    self._log(jid, traceback.format_exc())
+                    self._finish(st, "failed", error=f"{type(exc).__name__}: {exc}")
+            finally:
+                with self._lock:
+                    self._cancel.pop(jid, None)
+
+    def _cancelled(self, jid: str) -> bool:
+        with self._lock:
+            ev = self._cancel.get(jid)
+        return (ev is not None and ev.is_set()) or (self.jobs_dir / jid / "cancel").exists()
+
+    def _run(self, st: JobState) -> None:
+        from .finetune import FineTuneSettings, adapt, retarget
+
+        jid, spec, ws = st.id, st.spec, self.workspace
+        if self._cancelled(jid):
+            raise _cancelled_error()
+        st.state, st.started_at, st.t_start = "running", _now(), time.time()
+        st.worker = {**self._worker_id(), "thread": threading.current_thread().name}
+        self._write(st)
+        self._log(jid, f"running in pid {os.getpid()}")
+        base_version = spec["base_version"]
+        base, base_cfg = ws.validate_version(base_version)
+        model, config = base, base_cfg
+        if spec.get("class_names") and tuple(spec["class_names"]) != tuple(base_cfg.class_names):
+            model, config = retarget(base, base_cfg, spec["class_names"], spec.get("class_colors"))
+            self._log(jid, f"new class set {list(config.class_names)} from {list(base_cfg.class_names)}")
+        pairs = [ws.load_correction(c) for c in spec["correction_ids"]]
+        held = [ws.load_correction(c) for c in spec.get("held_out_ids", [])]
+        # the phantom set (replay candidates and the shipped-domain test) only fits models with the shipped classes
+        shipped = tuple(config.class_names) == self._shipped_classes
+        replay = self._replay(config) if shipped else None
+        last_write = [0.0]
+
+        def progress(rec: dict) -> None:
+            st.progress = rec
+            now = time.monotonic()
+            self._log(jid, "progress " + json.dumps(rec))
+            if now - last_write[0] > 0.25 or "val_dice" in rec:
+                last_write[0] = now
+                self._write(st)
+
+        res = adapt(model, config, [p[0] for p in pairs], [p[1] for p in pairs],
+                    settings=FineTuneSettings.from_dict(spec.get("settings")), replay=replay,
+                    progress=progress, cancel=lambda: self._cancelled(jid))
+        self._write(st)
+        self._log(jid, f"trained {res.steps} steps ({res.epochs} epochs) in {res.seconds:.1f} s; evaluating")
+        images, masks = [p[0] for p in held], [p[1] for p in held]
+        n_phantom = 0
+        if shipped and self.sample_dir is not None and (self.sample_dir / "phantom" / "test").is_dir():
+            from .labels import load_gt_pairs
+
+            t_im, t_m, _ = load_gt_pairs(self.sample_dir / "phantom" / "test")
+            images, masks, n_phantom = t_im + images, t_m + masks, len(t_im)
+        eval_set = f"{n_phantom} phantom test images + {len(held)} held-out corrections"
+        if not images:  # nothing else to judge on: the corrections themselves (said so in the metrics)
+            images, masks = [p[0] for p in pairs], [p[1] for p in pairs]
+            eval_set = "the training corrections themselves (nothing was held out)"
+        metrics = evaluate_against(res.model, res.config, base, base_cfg, images, masks,
+                                   baseline_version=base_version)
+        metrics.update(held_out_cases=list(spec.get("held_out_ids", [])), n_test_images=n_phantom, eval_set=eval_set,
+                       finetune=res.decisions, settings=spec.get("settings") or {}, job_id=jid,
+                       history=_compact_history(res.history))
+        if self._cancelled(jid):
+            raise _cancelled_error()
+        res.config.card = {**(res.config.card or {}), "training_data": [
+            {"source": "corrections", "ids": list(spec["correction_ids"]), "n_images": len(pairs)}],
+            "intended_domain": {"notes": f"fine-tuned from {base_version} on {len(pairs)} corrections"}}
+        version = ws.add_version(res.model, res.config, metrics=metrics, trained_on=list(spec["correction_ids"]),
+                                 parent=base_version, note=spec.get("note") or f"fine-tune job {jid}",
+                                 actor=_actor(spec))
+        base_dice = (metrics["baseline_held_out"] or {}).get("mean_foreground_dice")
+        self._finish(st, "done", result={"version": version,
+                                         "held_out_dice": metrics["held_out"]["mean_foreground_dice"],
+                                         "baseline_held_out_dice": base_dice, "steps": res.steps,
+                                         "epochs": res.epochs, "replay": res.replay,
+                                         "class_names": list(res.config.class_names)})
+
+    def _read_shipped_classes(self) -> tuple | None:
+        cfg = self.sample_dir / "models" / "default" / "config.json" if self.sample_dir is not None else None
+        if cfg is None or not cfg.is_file():
+            return None
+        return tuple(json.loads(cfg.read_text()).get("class_names", ()))
+
+    def _replay(self, config) -> tuple | None:
+        if self.sample_dir is None or not (self.sample_dir / "phantom" / "train").is_dir():
+            return None
+        from .data import load_split
+
+        return load_split(self.sample_dir / "phantom" / "train", config)
+
+
+def _compact_history(history: list[dict], keep: int = 120) -> list[dict]:
+    """Held-out evaluations and every tenth final step (the registry keeps this per version; keep it small)."""
+    rows = [h for h in history if "val_dice" in h or (h.get("phase") == "final" and h["step"] % 10 == 0)]
+    return rows[-keep:] + ([history[-1]] if history and (not rows or rows[-1] is not history[-1]) else [])
+
+
+def _cancelled_error():
+    from .finetune import FineTuneCancelled
+
+    return FineTuneCancelled("cancelled by request")
