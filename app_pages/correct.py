@@ -21,7 +21,7 @@ if scan is None:
 
 ws = resources.workspace()
 _, _, mconfig = resources.model_for(cur.model_version)
-names = mconfig.class_names
+names, colors = mconfig.class_names, mconfig.class_colors
 if scan.is_volume:  # move through the volume here too: correct a few slices, fill the rest, review, repeat
     z = st.slider("Slice", 0, scan.num_slices - 1, cur.slice_index, key=f"sc_corr_slice_{cur.key[:12]}")
     cur = state.update_current(slice_index=z)
@@ -34,7 +34,7 @@ display = display_image(image, resolve_window(scan, image, cur.window))
 where = f"slice {cur.slice_index} of {scan.num_slices}" if scan.is_volume else "2-D image"
 st.markdown(f"**Editing:** {cur.name} · {where} · {image.shape[1]}×{image.shape[0]} px · masks from model "
             f"**{cur.model_version}** ({widgets.refine_summary(cur.refine)})")
-widgets.show_legend(names, prefix="Classes: ")
+widgets.show_legend(names, colors, prefix="Classes: ")
 
 previous = [c for c in ws.list_corrections() if c.scan_name == cur.name and c.slice_index == cur.slice_index]
 starts = (["marked"] if cur.slice_index in marked else []) + (["filled"] if filled is not None else []) + \
@@ -54,11 +54,11 @@ tag = f"sc_corr_{cur.key[:12]}-{cur.slice_index}-{start}"
 @st.fragment
 def editor():
     """Edits rerun only this part of the page: the figure/canvas, the counter and Save."""
-    corrected, edits = widgets.mask_editor(image, display, base_mask, names, key=tag)
+    corrected, edits = widgets.mask_editor(image, display, base_mask, names, key=tag, colors=colors)
     changed = changed_pixels(base_mask, corrected)
     st.markdown(f"**{edits}** · **{widgets.plural(changed, 'pixel')} changed** from the {start} mask")
     with st.expander("Preview of the corrected mask", expanded=False):
-        st.image(overlay(display, corrected, 0.5), width=min(image.shape[1], 720))
+        st.image(overlay(display, corrected, 0.5, colors), width=min(image.shape[1], 720))
     author = state.identity()
     refusal = auth.needs(author, "save_correction")
     save = st.button("Save correction", type="primary", disabled=refusal is not None or changed == 0, key="sc_save",

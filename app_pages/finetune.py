@@ -1,38 +1,21 @@
-"""Fine-tune: train a copy of the active model on saved corrections, compare, promote or roll back."""
+"""Fine-tune: queue a background job that adapts a copy of the active model to saved corrections (optionally with
+new classes), follow it live, compare the candidate, promote, activate or roll back."""
 
 import streamlit as st
 
-from segcore.figures import line_plot
-from segcore.measure import candidate_table, correction_label, duplicate_groups, version_rows
-from ui import auth, resources, state
+from segcore.finetune import class_rows, class_set, correction_fits
+from segcore.jobs import JobSpec
+from segcore.measure import candidate_table, correction_label, duplicate_groups, job_rows, version_rows
+from ui import auth, resources, state, widgets
 
 st.title("Fine-tune")
 ws = resources.workspace()
+jobs = resources.jobs()
 who = state.identity()
 active = ws.active_version()
+_, _, active_cfg = resources.model_for(active)
 corrections = ws.list_corrections()
-
-
-@st.cache_resource
-def replay_set(path: str, input_size: tuple):
-    """Preprocessed sample training split, mixed in so fine-tuning does not forget."""
-    from segcore.data import load_split
-    from segcore.models import ModelConfig
-
-    return load_split(path, ModelConfig(input_size=input_size))
-
-
-@st.cache_resource
-def test_set(path: str):
-    from segcore.labels import load_gt_pairs
-
-    images, masks, _ = load_gt_pairs(path)
-    return images, masks
-
-
-if st.session_state.get("sc_ft_running"):
-    st.warning("The last fine-tuning run was stopped before it finished; no version was saved.")
-    st.session_state["sc_ft_running"] = False
+by_id = {c.id: c for c in corrections}
 
 # ---------------------------------------------------------------- data
 st.subheader("Corrected cases")
@@ -40,77 +23,119 @@ if not corrections:
     st.info("No saved corrections yet. Correct a mask on the **Correct** page first.")
 else:
     st.dataframe([{"scan": c.scan_name, "slice": c.slice_index, "by": c.author, "saved at": c.created_at,
-                   "model": c.model_version, "from": c.source} for c in corrections],
+                   "model": c.model_version, "from": c.source,
+                   "labels": ", ".join((c.class_names[v] if c.class_names and v < len(c.class_names) else str(v))
+                                       for v in c.labels if v)} for c in corrections],
                  hide_index=True, width="stretch")
     for group in duplicate_groups(corrections):
         where = f" (slice {group[0].slice_index})" if group[0].slice_index is not None else ""
         st.info(f"**{group[0].scan_name}**{where} was corrected {len(group)} times "
                 f"(by {', '.join(sorted({c.author for c in group}))}); all are used unless you leave some out.")
-by_id = {c.id: c for c in corrections}
-ids = list(by_id)
-train_ids = st.multiselect("Train on", ids, default=ids, key="sc_ft_train", format_func=lambda i: correction_label(
-    by_id[i]), help="Cases left out are held out and join the evaluation set.")
-held_ids = [i for i in ids if i not in train_ids]
-cols = st.columns(3)
-epochs = cols[0].slider("Epochs", 1, 30, 5, key="sc_ft_epochs")
-lr = cols[1].selectbox("Learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 1e-3], index=2, key="sc_ft_lr",
-                       format_func=lambda v: f"{v:g}")
-replay_n = cols[2].slider("Replay samples per case", 0, 8, 2, key="sc_ft_replay",
-                          help="Original training images mixed in per corrected case")
+
+# ---------------------------------------------------------------- new job
+st.subheader(f"Fine-tune a copy of {active}")
+with st.expander(f"Classes: {', '.join(active_cfg.class_names[1:])} (rename, add, remove, colours)"):
+    st.caption("The first row is the background. A correction's labels are class numbers: what was drawn as row 2 "
+               "trains row 2, whatever its new name. Classes kept by name (or renamed in place) keep what the model "
+               "learnt; new ones start fresh.")
+    rows = st.data_editor(class_rows(active_cfg.class_names, active_cfg.class_colors), num_rows="dynamic",
+                          key="sc_ft_classes", hide_index=True,
+                          column_config={"class": st.column_config.TextColumn("class", required=True),
+                                         "colour": st.column_config.TextColumn("colour (#rrggbb)", required=True)})
+    new_head = st.checkbox("Start the class head from scratch (keep only the learnt image features)",
+                           key="sc_ft_new_head")
+try:
+    names, colors = class_set(rows)
+    class_error = None
+except ValueError as exc:
+    names, colors, class_error = active_cfg.class_names, active_cfg.class_colors, str(exc)
+    st.error(class_error)
+changed_classes = names != tuple(active_cfg.class_names) or colors != tuple(active_cfg.class_colors) or new_head
+
+fits = {i: correction_fits(c, names) for i, c in by_id.items()}
+usable = [i for i in by_id if fits[i] is None]
+for i in by_id:
+    if fits[i]:
+        st.caption(f"Not offered: {correction_label(by_id[i])}: {fits[i]}.")
+train_ids = st.multiselect("Train on", usable, default=usable, key="sc_ft_train",
+                           format_func=lambda i: correction_label(by_id[i]),
+                           help="Cases left out are held out: they join the evaluation of the candidate.")
+held_ids = [i for i in usable if i not in train_ids]
+
+with st.expander("Advanced: set the schedule by hand"):
+    st.caption("Automatic (recommended): part of the corrections is held out to find how long to train (early "
+               "stopping on held-out Dice), the learning rate and replay of the original training images follow "
+               "from how well the model already does on your corrections, all within about a minute.")
+    manual = st.checkbox("Override the automatic schedule", key="sc_ft_manual")
+    cols = st.columns(3)
+    epochs = cols[0].number_input("Epochs", 1, 400, 30, key="sc_ft_epochs", disabled=not manual)
+    lr = cols[1].selectbox("Peak learning rate", [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3], index=4, key="sc_ft_lr",
+                           format_func=lambda v: f"{v:g}", disabled=not manual)
+    replay = cols[2].selectbox("Replay original training images", ["automatic", "on", "off"], key="sc_ft_replay",
+                               disabled=not manual)
+settings = {}
+if manual:
+    settings = {"epochs": int(epochs), "learning_rate": float(lr)}
+    if replay != "automatic":
+        settings["replay"] = replay == "on"
 
 refusal = auth.needs(who, "start_finetune")
-go = st.button("Fine-tune a copy of " + str(active), type="primary", disabled=not train_ids or refusal is not None,
-               key="sc_ft_go")
 if refusal:
     st.caption(refusal)
-if go:
-    from segcore.train import FineTuneCancelled, evaluate_model, fine_tune
-
-    _, model, config = resources.model_for(active)
-    pairs = [ws.load_correction(by_id[i]) for i in train_ids]
-    held = [ws.load_correction(by_id[i]) for i in held_ids]
-    test_imgs, test_masks = test_set(str(resources.SAMPLE_DIR / "phantom" / "test"))
-    eval_imgs = test_imgs + [p[0] for p in held]
-    eval_masks = test_masks + [p[1] for p in held]
-    rx, ry = replay_set(str(resources.SAMPLE_DIR / "phantom" / "train"), tuple(config.input_size))
-    st.button("Cancel", key="sc_ft_cancel", help="Stops after the current epoch; nothing is saved")
-    bar = st.progress(0.0, text="Starting…")
-    chart = st.empty()
-    history = []
-
-    def progress(rec):
-        history.append(rec)
-        bar.progress(rec["epoch"] / rec["total_epochs"],
-                     text=f"epoch {rec['epoch']}/{rec['total_epochs']} · loss {rec['loss']:.4f} · "
-                          f"Dice {rec['dice']:.4f}")
-        chart.plotly_chart(line_plot(history), key=f"sc_ft_chart_{rec['epoch']}")
-
-    st.session_state["sc_ft_running"] = True
+if st.button(f"Start fine-tuning ({widgets.plural(len(train_ids), 'correction')})", type="primary", key="sc_ft_go",
+             disabled=not train_ids or refusal is not None or class_error is not None):
     try:
-        new_model, res = fine_tune(
-            model, [p[0] for p in pairs], [p[1] for p in pairs], config=config, epochs=epochs,
-            replay_images=rx, replay_masks=ry, replay_ratio=float(replay_n), learning_rate=float(lr),
-            progress=progress, eval_images=eval_imgs, eval_masks=eval_masks)
-    except FineTuneCancelled:
-        st.session_state["sc_ft_running"] = False
-        st.warning("Cancelled; no version was saved.")
-        st.stop()
-    with st.spinner("Evaluating the current version on the same held-out set…"):
-        base_eval = evaluate_model(model, config, eval_imgs, eval_masks)
-    metrics = {"held_out": res["eval"], "baseline_held_out": base_eval, "baseline_version": active,
-               "history": res["history"], "held_out_cases": held_ids, "n_test_images": len(test_imgs),
-               "settings": {"epochs": epochs, "learning_rate": float(lr), "replay_per_case": replay_n}}
-    import copy
+        jid = jobs.submit(JobSpec(who, train_ids, held_out_ids=held_ids, settings=settings,
+                                  class_names=names if changed_classes else None,
+                                  class_colors=colors if changed_classes else None, new_head=new_head))
+    except (ValueError, PermissionError) as exc:
+        st.error(str(exc))
+    else:
+        st.success(f"Job {jid[-13:]} queued. It runs on the server: you can leave this page and come back.")
 
-    version = ws.add_version(new_model, copy.deepcopy(config), metrics=metrics, trained_on=train_ids, parent=active,
-                             note=f"fine-tuned on {len(train_ids)} corrections", actor=who)
-    st.session_state["sc_ft_running"] = False
-    st.session_state["sc_candidate"] = version
-    st.success(f"Saved candidate {version} (not active yet).")
+
+# ---------------------------------------------------------------- queue
+# refreshed every second only while a job is queued or running (a timer would otherwise rerun forever and can
+# swallow clicks in dialogs); the job finishing reruns the page once, which stops the timer
+LIVE = any(not j.finished for j in jobs.jobs())
+
+
+@st.fragment(run_every=1.0 if LIVE else None)
+def queue():
+    """The job queue; progress lives on the server, so leaving the page and coming back shows it again."""
+    all_jobs = jobs.jobs()
+    st.subheader("Fine-tune jobs")
+    if not all_jobs:
+        st.caption("No fine-tune jobs yet.")
+        return
+    for j in [j for j in all_jobs if j.state in ("running", "queued")]:
+        p = j.progress or {}
+        c1, c2 = st.columns([5, 1])
+        label = (f"{j.created_by}'s job on {widgets.plural(len(j.spec.get('correction_ids', [])), 'correction')} · "
+                 f"{j.state} · "
+                 f"{j.elapsed_s:.0f} s")
+        c1.progress(float(p.get("fraction", 0.0)), text=label)
+        if c2.button("Cancel", key=f"sc_ft_cancel_{j.id}", disabled=auth.needs(who, "start_finetune") is not None):
+            try:
+                jobs.cancel(j.id, actor=who)
+            except PermissionError as exc:
+                st.error(str(exc))
+    st.dataframe(job_rows(all_jobs), hide_index=True, width="stretch")
+    failed = [j for j in all_jobs if j.state == "failed"]
+    if failed:
+        with st.expander(f"Log of the last failed job ({failed[0].id[-13:]})"):
+            st.code(jobs.log(failed[0].id)[-4000:])
+    if LIVE and not any(not j.finished for j in all_jobs):  # the last job just ended: show its candidate
+        done = [j.result["version"] for j in all_jobs if j.state == "done" and j.result.get("version")]
+        if done:
+            st.session_state["sc_candidate"] = done[0]
+        st.rerun(scope="app")
+
+
+queue()
+
 
 # ---------------------------------------------------------------- gate
-
-
 @st.dialog("Promote this version?")
 def confirm_promote(version: str, summary: str):
     st.markdown(f"**{version}** becomes the active model for everyone using this server: new segmentations, "
@@ -130,26 +155,59 @@ def confirm_promote(version: str, summary: str):
         st.rerun()
 
 
+@st.dialog("Activate without the gate?")
+def confirm_activate(version: str, why: str):
+    st.markdown(f"**{version}** cannot pass the promotion gate: {why}. Activating it anyway makes it the model "
+                "everyone segments, corrects and reviews with, including its classes.")
+    c1, c2 = st.columns(2)
+    if c1.button(f"Yes, activate {version}", type="primary", key="sc_activate_yes"):
+        try:
+            ws.activate(version, actor=who)
+        except (ValueError, PermissionError) as exc:
+            st.error(str(exc))
+        else:
+            st.session_state["sc_candidate"] = None
+            st.session_state["sc_promoted"] = version
+            st.rerun()
+    if c2.button("Cancel", key="sc_activate_no"):
+        st.rerun()
+
+
 promoted = st.session_state.pop("sc_promoted", None)
 if promoted:
     st.success(f"{promoted} is now the active model.")
-cand = st.session_state.get("sc_candidate")
 versions = ws.versions()
-if cand and cand in versions and cand != ws.active_version():
+candidates = [v for v in reversed(list(versions)) if v != ws.active_version() and "held_out" in
+              (versions[v].get("metrics") or {})]
+if candidates:
+    st.subheader("Candidate vs active")
+    default = st.session_state.get("sc_candidate")
+    cand = st.selectbox("Candidate", candidates, index=candidates.index(default) if default in candidates else 0,
+                        key="sc_ft_cand_pick")
+    metrics = versions[cand]["metrics"]
     gate = ws.gate(cand)
-    st.subheader(f"Candidate {cand} vs active {ws.active_version()}")
-    st.dataframe(candidate_table(versions[cand]["metrics"], cand, ws.active_version()), hide_index=True,
-                 width="stretch")
-    st.metric("Held-out mean foreground Dice", f"{gate.candidate:.4f}",
-              f"{gate.candidate - gate.baseline:+.4f} vs {ws.active_version()}")
+    _, _, cand_cfg = resources.model_for(cand)
+    st.caption(f"{cand}: classes {', '.join(cand_cfg.class_names[1:])} · evaluated on "
+               f"{metrics.get('eval_set', 'the held-out set')}" +
+               (f" · {metrics['finetune'].get('epochs', '?')} epochs" if metrics.get("finetune") else ""))
+    if metrics.get("baseline_held_out"):
+        st.dataframe(candidate_table(metrics, cand, ws.active_version()), hide_index=True, width="stretch")
+        st.metric("Held-out mean foreground Dice", f"{gate.candidate:.4f}",
+                  f"{gate.candidate - gate.baseline:+.4f} vs {ws.active_version()}")
+    else:
+        st.metric("Held-out mean foreground Dice", f"{metrics['held_out']['mean_foreground_dice']:.4f}")
     if not gate.passed:
         st.error(gate.reason)
     promote_refusal = auth.needs(who, "promote")
     if promote_refusal:
         st.caption(promote_refusal)
-    if st.button(f"Promote {cand}", type="primary", disabled=not gate.passed or promote_refusal is not None,
+    b1, b2 = st.columns(2)
+    if b1.button(f"Promote {cand}", type="primary", disabled=not gate.passed or promote_refusal is not None,
                  key="sc_promote"):
         confirm_promote(cand, gate.reason)
+    if not gate.passed and b2.button(f"Activate {cand} without the gate…", key="sc_activate_anyway",
+                                     disabled=auth.needs(who, "activate") is not None):
+        confirm_activate(cand, gate.reason)
 
 # ---------------------------------------------------------------- versions
 st.subheader("Model versions")

@@ -28,7 +28,7 @@ if refusal:
     st.stop()
 me = reviewer.subject
 version, model, mconfig = resources.predictor_for()  # compiled runtime for segmenting the queue
-names = mconfig.class_names
+names, colors = mconfig.class_names, mconfig.class_colors
 
 # ---------------------------------------------------------------- session
 sessions = store.sessions()
@@ -111,7 +111,8 @@ with tab_review:
     refined = refined_all[z] if case.is_volume else refined_all
     point_key = f"sc_rv_point_{case.id}"
     point = st.session_state.get(point_key)
-    fig = image_panels([("Raw", disp, mask_layer(raw)), ("Refined (model)", disp, mask_layer(refined))],
+    fig = image_panels([("Raw", disp, mask_layer(raw, colors=colors)),
+                         ("Refined (model)", disp, mask_layer(refined, colors=colors))],
                        pixel_values=img, raw=raw, refined=refined, class_names=names,
                        marks=[(point[0], point[1], "#f1c40f")] if point else (), clickable=True)
     event = st.plotly_chart(fig, key=f"sc_rv_fig_{case.id}", on_select="rerun", selection_mode="points",
@@ -120,14 +121,14 @@ with tab_review:
     if clicked and (clicked[0].get("y"), clicked[0].get("x")) != point:
         st.session_state[point_key] = (int(clicked[0]["y"]), int(clicked[0]["x"]))
         st.rerun()
-    widgets.show_legend(names, prefix="Overlay colours: ")
+    widgets.show_legend(names, colors, prefix="Overlay colours: ")
     base = working[z] if case.is_volume else working
     edit_key = f"sc_rv_{case.id}_{me}_{z}"
 
     @st.fragment
     def review_editor():
         with st.expander("Correct the mask", expanded=False):
-            mask, edits = widgets.mask_editor(img, disp, base, names, key=edit_key)
+            mask, edits = widgets.mask_editor(img, disp, base, names, key=edit_key, colors=colors)
             st.caption(f"{edits} · {widgets.plural(changed_pixels(base, mask), 'pixel')} changed")
 
     review_editor()

@@ -124,6 +124,7 @@ def orthogonal_viewer(scan, vol):
     """Axial, coronal and sagittal planes with a linked crosshair: sliders per plane, or click a plane."""
     d, h, w = scan.pixels.shape
     ss = st.session_state
+    colors = resources.model_for(state.current().model_version)[2].class_colors
     pk = f"sc_ortho_{state.current().key[:12]}"
     for axis, v in zip("zyx", (d // 2, h // 2, w // 2)):
         ss.setdefault(f"{pk}_{axis}", v)
@@ -146,7 +147,7 @@ def orthogonal_viewer(scan, vol):
     def layer(name, index):
         if which == "difference":
             return diff_layer(plane_of(vol.raw, name, index), plane_of(vol.refined, name, index))
-        return mask_layer(plane_of(getattr(vol, which), name, index), 0.45)
+        return mask_layer(plane_of(getattr(vol, which), name, index), 0.45, colors)
 
     fig = orthogonal_views(scan.pixels, win, layer, scan.spacing, (z, y, x))
     st.plotly_chart(fig, key=f"{pk}_fig", on_select="rerun", selection_mode="points", config={"displaylogo": False})
@@ -196,7 +197,7 @@ def viewer():
                                    "than about 11 px across (the model's trained range is 11-25 px).")
         iversion = resources.instance_workspace().active_version()
         det = resources.detections(key, slice_index, scale, iversion, image)
-    panels = view_panels(view, display, seg.raw, seg.refined, alpha, det)
+    panels = view_panels(view, display, seg.raw, seg.refined, alpha, det, colors=mconfig.class_colors)
     labels = instance_labels(det, display.shape, 560 / display.shape[0]) if det is not None else ()
     with fig_col:
         st.plotly_chart(image_panels(panels, pixel_values=image, raw=seg.raw, refined=seg.refined,
@@ -204,7 +205,7 @@ def viewer():
                                      labels=labels),
                         width="stretch", key="sc_fig", config={"displaylogo": False})
         steps = "  ".join(f"{s} {v:.0f} ms" for s, v in seg.timings.items())
-        widgets.show_legend(names)
+        widgets.show_legend(names, mconfig.class_colors)
         st.caption(f"{name}  ·  window {win[0]:.0f}/{win[1]:.0f}  ·  model {cur.model_version}  ·  "
                    f"{widgets.refine_summary(refine)}  ·  step times: {steps}")
     if det is not None:
@@ -228,8 +229,8 @@ def viewer():
     dcols = st.columns(3)
     dcols[0].download_button("Refined mask (PNG label map)", png_bytes(seg.refined), f"{stem}_mask.png", "image/png",
                              key="sc_dl_png")
-    dcols[1].download_button("Overlay image (PNG)", png_bytes(overlay(display, seg.refined, alpha)),
-                             f"{stem}_overlay.png", "image/png", key="sc_dl_overlay")
+    overlay_png = png_bytes(overlay(display, seg.refined, alpha, mconfig.class_colors))
+    dcols[1].download_button("Overlay image (PNG)", overlay_png, f"{stem}_overlay.png", "image/png", key="sc_dl_overlay")
     if not scan.is_volume and scan.affine is not None:
         dcols[2].download_button("Refined mask (NIfTI)", nifti_bytes(seg.refined, scan), f"{stem}_mask.nii.gz",
                                  "application/gzip", key="sc_dl_nifti")

@@ -62,6 +62,9 @@ from .models import ModelConfig, default_class_colors
 from .train import FineTuneCancelled  # one cancellation type for fine_tune and adapt
 
 __all__ = [
+    "class_rows",
+    "class_set",
+    "correction_fits",
     "FineTuneCancelled",
     "FineTuneResult",
     "FineTuneSettings",
@@ -310,6 +313,72 @@ def domain_dice(model: keras.Model, config: ModelConfig, images: Sequence[np.nda
 
 
 # --------------------------------------------------------------------------- classes
+def class_rows(names: Sequence[str], colors: Sequence[Sequence[int]]) -> list[dict]:
+    """A class set as editable rows ``{"class", "colour"}`` (colour as ``#rrggbb``); :func:`class_set` reads them.
+
+    >>> class_rows(["background", "organ"], [(0, 0, 0), (46, 204, 113)])
+    [{'class': 'background', 'colour': '#000000'}, {'class': 'organ', 'colour': '#2ecc71'}]
+    """
+    return [{"class": n, "colour": "#%02x%02x%02x" % tuple(int(v) for v in c)} for n, c in zip(names, colors)]
+
+
+def class_set(rows: Sequence[dict]) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
+    """``(names, colours)`` from rows ``{"class": name, "colour": "#rrggbb"}`` (blank rows skipped).
+
+    Raises ValueError naming the row when a name is missing or repeated or a colour is not ``#rrggbb``.
+
+    >>> class_set([{"class": "background", "colour": "#000000"}, {"class": " nucleus ", "colour": "#FF00aa"}])
+    (('background', 'nucleus'), ((0, 0, 0), (255, 0, 170)))
+    >>> class_set([{"class": "background", "colour": "#000000"}, {"class": "cell", "colour": "red"}])
+    Traceback (most recent call last):
+    ...
+    ValueError: Row 2 (cell): colour 'red' is not #rrggbb (e.g. #2ecc71).
+    """
+    import re
+
+    names, colors = [], []
+    for i, r in enumerate(rows, 1):
+        name, col = str(r.get("class") or "").strip(), str(r.get("colour") or "").strip()
+        if not name and not col:
+            continue
+        if not name:
+            raise ValueError(f"Row {i}: a class needs a name.")
+        if name in names:
+            raise ValueError(f"Row {i}: class '{name}' is listed twice; class names must be distinct.")
+        if not re.fullmatch(r"#[0-9a-fA-F]{6}", col):
+            raise ValueError(f"Row {i} ({name}): colour '{col}' is not #rrggbb (e.g. #2ecc71).")
+        names.append(name)
+        colors.append(tuple(int(col[k:k + 2], 16) for k in (1, 3, 5)))
+    if len(names) < 2:
+        raise ValueError(f"A class set needs background and at least one class. Got {names}.")
+    return tuple(names), tuple(colors)
+
+
+def correction_fits(correction, class_names: Sequence[str]) -> str | None:
+    """None when every label of a saved correction is a class of ``class_names``; else why it cannot train them.
+
+    Labels are class indices: a correction drawn as ``organ`` (label 1) trains class 1 of the new set, whatever
+    its new name (a rename). ``correction`` is a :class:`segcore.store.Correction` (its ``labels``).
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> c = SimpleNamespace(labels=(0, 1, 2), class_names=("background", "organ", "lesion"))
+    >>> correction_fits(c, ["background", "organ", "lesion"]) is None
+    True
+    >>> correction_fits(c, ["background", "nucleus"])
+    'it has label 2 (lesion); the new class set has 2 classes (background, nucleus)'
+    """
+    names = list(class_names)
+    extra = [int(v) for v in getattr(correction, "labels", ()) if int(v) >= len(names)]
+    if not extra:
+        return None
+    old = getattr(correction, "class_names", None) or ()
+    named = ", ".join(f"{v} ({old[v]})" if v < len(old) else str(v) for v in extra)
+    return (f"it has label{'s' if len(extra) > 1 else ''} {named}; the new class set has {len(names)} classes "
+            f"({', '.join(names)})")
+
+
 def retarget(model: keras.Model, config: ModelConfig, class_names: Sequence[str],
              colors: Sequence[Sequence[int]] | None = None, *, new_head: bool = False
              ) -> tuple[keras.Model, ModelConfig]:

@@ -90,7 +90,10 @@ class JobSpec:
     settings : dict
         :class:`segcore.finetune.FineTuneSettings` overrides ("Advanced"); empty = automatic.
     class_names, class_colors : optional
-        A new class set (background first) for :func:`segcore.finetune.retarget`; None keeps the model's.
+        A new class set (background first) for :func:`segcore.finetune.retarget`, or new colours for the same
+        classes; None keeps the model's. Every correction's labels must be classes of the set.
+    new_head : bool
+        Start the class head from scratch (:func:`segcore.finetune.retarget` ``new_head=True``).
     note : str
         Free text stored with the version.
     """
@@ -103,6 +106,7 @@ class JobSpec:
     class_names: Sequence[str] | None = None
     class_colors: Sequence[Sequence[int]] | None = None
     note: str = ""
+    new_head: bool = False
 
     def to_dict(self) -> dict:
         who = self.created_by
@@ -250,6 +254,7 @@ class JobManager:
         from .finetune import FineTuneSettings
 
         FineTuneSettings.from_dict(spec.settings)  # unknown or invalid overrides fail now, not in the worker
+        self._check_classes(spec)
         spec = dataclasses.replace(spec, created_by=who,
                                    base_version=spec.base_version or self.workspace.active_version())
         if spec.base_version not in self.workspace.versions():
@@ -263,6 +268,35 @@ class JobManager:
         self._log(jid, f"queued by {who.name}: {len(ids)} corrections, base {spec.base_version}")
         self._queue.put(jid)
         return jid
+
+    def _check_classes(self, spec: JobSpec) -> None:
+        """A new class set must be valid and cover every label of the corrections it trains on."""
+        from .finetune import correction_fits
+
+        if spec.class_names is None:
+            if spec.class_colors is not None:
+                raise ValueError("class_colors without class_names: give the class names the colours belong to.")
+            names = None
+        else:
+            names = [str(n).strip() for n in spec.class_names]
+            if len(names) < 2 or any(not n for n in names) or len(set(names)) != len(names):
+                raise ValueError(f"A class set needs at least 2 distinct, non-empty names, background first. "
+                                 f"Got {list(spec.class_names)}.")
+            if spec.class_colors is not None and (
+                    len(spec.class_colors) != len(names)
+                    or any(len(c) != 3 or not all(0 <= int(v) <= 255 for v in c) for c in spec.class_colors)):
+                raise ValueError(f"class_colors needs one RGB triple in [0, 255] per class ({len(names)}). "
+                                 f"Got {[list(c) for c in spec.class_colors]}.")
+        if names is None:
+            return
+        by_id = {c.id: c for c in self.workspace.list_corrections()}
+        bad = [(cid, correction_fits(by_id[cid], names)) for cid in list(spec.correction_ids) + list(spec.held_out_ids)]
+        bad = [(cid, why) for cid, why in bad if why]
+        if bad:
+            raise ValueError("These corrections do not fit the class set: "
+                             + "; ".join(f"{by_id[c].scan_name} ({c}): {why}" for c, why in bad[:5])
+                             + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+                             + ". Leave them out or keep a class for each of their labels.")
 
     def cancel(self, job_id: str, *, actor: Identity | str | None) -> JobState:
         """Ask a job to stop: a queued job is cancelled now, a running one before its next training step.
@@ -415,9 +449,14 @@ class JobManager:
         base_version = spec["base_version"]
         base, base_cfg = ws.validate_version(base_version)
         model, config = base, base_cfg
-        if spec.get("class_names") and tuple(spec["class_names"]) != tuple(base_cfg.class_names):
-            model, config = retarget(base, base_cfg, spec["class_names"], spec.get("class_colors"))
-            self._log(jid, f"new class set {list(config.class_names)} from {list(base_cfg.class_names)}")
+        names = tuple(spec.get("class_names") or base_cfg.class_names)
+        if names != tuple(base_cfg.class_names) or spec.get("new_head"):
+            model, config = retarget(base, base_cfg, names, spec.get("class_colors"),
+                                     new_head=bool(spec.get("new_head")))
+            self._log(jid, f"class set {list(config.class_names)} from {list(base_cfg.class_names)}"
+                      + (" with a new head" if spec.get("new_head") else ""))
+        elif spec.get("class_colors"):
+            config = dataclasses.replace(base_cfg, class_colors=tuple(tuple(c) for c in spec["class_colors"]))
         pairs = [ws.load_correction(c) for c in spec["correction_ids"]]
         held = [ws.load_correction(c) for c in spec.get("held_out_ids", [])]
         # the phantom set (replay candidates and the shipped-domain test) only fits models with the shipped classes

@@ -150,3 +150,26 @@ def volume_table(vol) -> list[dict]:
     return [{"class": names[c], "raw volume (mL)": raw_ml.get(names[c]), "refined volume (mL)": ref_ml.get(names[c]),
              "components (refined, 3-D)": sum(r.get("class") == c for r in comps),
              "Dice raw↔refined (3-D)": round(float(d[c]), 4)} for c in range(1, k)]
+
+
+def job_rows(jobs) -> list[dict]:
+    """One row per fine-tune job (:class:`segcore.jobs.JobState`), newest first: state, who, when, how far."""
+    rows = []
+    for j in jobs:
+        p, r = j.progress or {}, j.result or {}
+        if j.state == "running" and p:
+            where = (f"{'choosing the length' if p.get('phase') == 'select' else 'final training'} · "
+                     f"step {p.get('step')} · loss {p.get('loss', float('nan')):.4f}"
+                     + (f" · held-out Dice {p['val_dice']:.3f}" if p.get("val_dice") is not None else ""))
+        elif j.state == "done":
+            where = (f"{r.get('version')}: held-out Dice {r.get('held_out_dice', float('nan')):.4f}"
+                     + (f" vs {r['baseline_held_out_dice']:.4f}" if r.get("baseline_held_out_dice") is not None
+                        else " (new class set: not comparable)"))
+        else:
+            where = j.error.splitlines()[-1][:160] if j.error else ""
+        spec = j.spec or {}
+        rows.append({"job": j.id[-13:], "state": j.state, "started by": j.created_by,
+                     "queued at": (j.created_at or "").replace("T", " ")[:19], "elapsed (s)": j.elapsed_s,
+                     "base": spec.get("base_version"), "corrections": len(spec.get("correction_ids", [])),
+                     "classes": ", ".join(spec.get("class_names") or []) or "unchanged", "progress / result": where})
+    return rows

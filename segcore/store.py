@@ -131,6 +131,8 @@ class Correction:
     path: Path
     note: str = ""
     scan_sha256: str = ""
+    class_names: tuple[str, ...] | None = None
+    labels: tuple[int, ...] = ()
 
     @property
     def mask_path(self) -> Path:
@@ -232,6 +234,7 @@ class Workspace:
                     "source": source, "created_at": _now(), "slice_index": slice_index,
                     "shape": list(mask.shape), "note": note,
                     "class_names": list(class_names) if class_names else None,
+                    "labels": sorted(int(v) for v in np.unique(mask)),
                     "scan_sha256": hashlib.sha256(scan_bytes).hexdigest(),
                     "mask_sha256": hashlib.sha256(mask.astype(np.uint8).tobytes()).hexdigest()}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -259,10 +262,17 @@ class Workspace:
 
     def _correction_from_dir(self, d: Path) -> Correction:
         m = json.loads((d / "meta.json").read_text())
+        labels = m.get("labels")
+        if labels is None:  # saved before the labels were recorded: read them from the mask
+            from .labels import load_mask
+
+            labels = sorted(int(v) for v in np.unique(load_mask(d / "mask.png")))
         return Correction(id=m["id"], scan_name=m["scan_name"], author=m["author"],
                           model_version=m["model_version"], source=m["source"], created_at=m["created_at"],
                           slice_index=m.get("slice_index"), shape=tuple(m["shape"]), path=d, note=m.get("note", ""),
-                          scan_sha256=m.get("scan_sha256", ""))
+                          scan_sha256=m.get("scan_sha256", ""),
+                          class_names=tuple(m["class_names"]) if m.get("class_names") else None,
+                          labels=tuple(labels))
 
     def list_corrections(self) -> list[Correction]:
         """Saved corrections, oldest first (half-written temporary folders are ignored)."""
@@ -274,7 +284,7 @@ class Workspace:
                 continue
             try:
                 out.append(self._correction_from_dir(d))
-            except (json.JSONDecodeError, KeyError):
+            except (json.JSONDecodeError, KeyError, ValueError, OSError):
                 continue
         return out
 
@@ -400,8 +410,9 @@ class Workspace:
             cand = float(m["held_out"]["mean_foreground_dice"])
             base = float(m["baseline_held_out"]["mean_foreground_dice"])
         except (KeyError, TypeError):
+            why = m.get("gate_note") or "it has no held-out evaluation against a baseline"
             return PromotionGate(version, float("nan"), float("nan"), None, tolerance, False,
-                                 f"{version} has no held-out evaluation against a baseline; it cannot be promoted.")
+                                 f"{version} cannot be promoted through the gate: {why}.")
         base_version = m.get("baseline_version", info.get("parent"))
         active = self.active_version()
         if base_version != active:

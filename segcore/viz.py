@@ -10,7 +10,8 @@ import numpy as np
 from .io import Scan
 from .labels import png_bytes
 
-__all__ = ["instances_image", "PALETTE", "overlay", "contours", "diff_image", "to_rgb", "png_bytes", "save_label_nifti",
+__all__ = ["instances_image", "PALETTE", "palette",
+           "overlay", "contours", "diff_image", "to_rgb", "png_bytes", "save_label_nifti",
            "nifti_bytes", "colorize", "instance_colours", "place_labels", "canvas_background", "class_hex",
            "view_panels", "instance_labels", "VIEWS", "mask_layer", "contour_layer", "diff_layer", "instance_layer",
            "proposal_layer", "instance_id_layer", "instance_id_labels", "volume_display", "plane"]
@@ -29,27 +30,42 @@ def to_rgb(gray_u8: np.ndarray) -> np.ndarray:
     return np.repeat(g.astype(np.uint8)[..., None], 3, axis=-1)
 
 
-def colorize(labels: np.ndarray) -> np.ndarray:
-    return PALETTE[np.asarray(labels) % len(PALETTE)]
+def palette(colors=None) -> np.ndarray:
+    """Class colours as a ``K,3`` uint8 array: a model's ``class_colors`` (one RGB triple per class), or
+    :data:`PALETTE` when None.
+
+    >>> palette([(0, 0, 0), (255, 0, 255)]).tolist()
+    [[0, 0, 0], [255, 0, 255]]
+    """
+    if colors is None or len(colors) == 0:
+        return PALETTE
+    return np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
 
 
-def overlay(gray_u8: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Blend class colours over the image where ``labels > 0``."""
+def colorize(labels: np.ndarray, colors=None) -> np.ndarray:
+    pal = palette(colors)
+    return pal[np.asarray(labels) % len(pal)]
+
+
+def overlay(gray_u8: np.ndarray, labels: np.ndarray, alpha: float = 0.45, colors=None) -> np.ndarray:
+    """Blend class colours (``colors``: the model's class colours, default :data:`PALETTE`) over the image where
+    ``labels > 0``."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1]. Got {alpha}.")
     base = to_rgb(gray_u8).astype(np.float32)
-    col = colorize(labels).astype(np.float32)
+    col = colorize(labels, colors).astype(np.float32)
     fg = (np.asarray(labels) > 0)[..., None]
     out = np.where(fg, (1 - alpha) * base + alpha * col, base)
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def contours(gray_u8: np.ndarray, labels: np.ndarray, thickness: int = 1) -> np.ndarray:
+def contours(gray_u8: np.ndarray, labels: np.ndarray, thickness: int = 1, colors=None) -> np.ndarray:
     """Class outlines drawn over the image."""
     out = to_rgb(gray_u8).copy()
+    pal = palette(colors)
     for c in sorted(int(v) for v in np.unique(labels) if v != 0):
         cs, _ = cv2.findContours((labels == c).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-        cv2.drawContours(out, cs, -1, tuple(int(v) for v in PALETTE[c % len(PALETTE)]), thickness)
+        cv2.drawContours(out, cs, -1, tuple(int(v) for v in pal[c % len(pal)]), thickness)
     return out
 
 
@@ -141,23 +157,25 @@ def place_labels(boxes: np.ndarray, texts: list[str], image_shape: tuple[int, in
     return out
 
 
-def class_hex(label: int) -> str:
+def class_hex(label: int, colors=None) -> str:
     """The class's overlay colour as '#rrggbb' (what the legend and the drawing tools use)."""
-    r, g, b = (int(v) for v in PALETTE[label % len(PALETTE)])
+    pal = palette(colors)
+    r, g, b = (int(v) for v in pal[label % len(pal)])
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def canvas_background(gray_u8: np.ndarray, labels: np.ndarray, width: int, height: int, alpha: float = 0.4):
+def canvas_background(gray_u8: np.ndarray, labels: np.ndarray, width: int, height: int, alpha: float = 0.4,
+                      colors=None):
     """The overlay resized (nearest neighbour) to the drawing canvas, as a PIL image."""
     from PIL import Image
 
-    return Image.fromarray(overlay(gray_u8, labels, alpha)).resize((int(width), int(height)), Image.NEAREST)
+    return Image.fromarray(overlay(gray_u8, labels, alpha, colors)).resize((int(width), int(height)), Image.NEAREST)
 
 
 VIEWS = ("Overlay", "Contours", "Side by side", "Difference")
 
 
-def mask_layer(labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+def mask_layer(labels: np.ndarray, alpha: float = 0.45, colors=None) -> np.ndarray:
     """``H,W,4`` RGBA: class colours where ``labels > 0`` at opacity ``alpha``, transparent elsewhere.
 
     Drawn over the gray scan by the viewer; blending it gives exactly :func:`overlay`.
@@ -166,18 +184,19 @@ def mask_layer(labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
         raise ValueError(f"alpha must be in [0, 1]. Got {alpha}.")
     lab = np.asarray(labels)
     out = np.zeros(lab.shape + (4,), np.uint8)
-    out[..., :3] = colorize(lab)
+    out[..., :3] = colorize(lab, colors)
     out[..., 3] = np.where(lab > 0, int(round(alpha * 255)), 0).astype(np.uint8)
     return out
 
 
-def contour_layer(labels: np.ndarray, thickness: int = 1) -> np.ndarray:
+def contour_layer(labels: np.ndarray, thickness: int = 1, colors=None) -> np.ndarray:
     """``H,W,4`` RGBA class outlines (opaque), transparent elsewhere."""
     lab = np.asarray(labels)
+    pal = palette(colors)
     out = np.zeros(lab.shape + (4,), np.uint8)
     for c in sorted(int(v) for v in np.unique(lab) if v != 0):
         cs, _ = cv2.findContours((lab == c).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-        colour = tuple(int(v) for v in PALETTE[c % len(PALETTE)]) + (255,)
+        colour = tuple(int(v) for v in pal[c % len(pal)]) + (255,)
         cv2.drawContours(out, cs, -1, colour, thickness)
     return out
 
@@ -199,7 +218,7 @@ def diff_layer(raw: np.ndarray, refined: np.ndarray, alpha: float = 0.7) -> np.n
 
 def instance_layer(masks: np.ndarray, boxes: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """``H,W,4`` RGBA: each instance in its own colour with its box outline."""
-    h, w = np.shape(masks)[1:] if len(masks) else (0, 0)
+    h, w = np.shape(masks)[1:3]  # an empty stack keeps the image's shape: (0, H, W)
     out = np.zeros((h, w, 4), np.uint8)
     for m, b, c in zip(masks, boxes, instance_colours(len(masks))):
         out[m, :3], out[m, 3] = c.astype(np.uint8), int(alpha * 255)
@@ -209,19 +228,23 @@ def instance_layer(masks: np.ndarray, boxes: np.ndarray, alpha: float = 0.5) -> 
 
 
 def view_panels(view: str, display: np.ndarray, raw: np.ndarray, refined: np.ndarray, alpha: float = 0.45,
-                instances: dict | None = None) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+                instances: dict | None = None, colors=None) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
     """The panels of one viewer mode: ``(title, gray uint8 H,W, RGBA layer H,W,4 or None)``.
+
+    ``colors``: the model's class colours (``ModelConfig.class_colors``), default :data:`PALETTE`.
 
     Modes: "Overlay", "Contours", "Side by side", "Difference", "Instances" (needs the detector's output).
     The gray scan and a mostly transparent layer travel separately: a fraction of the bytes of blended images.
     """
     if view == "Overlay":
-        return [("Raw", display, mask_layer(raw, alpha)), ("Refined", display, mask_layer(refined, alpha))]
+        return [("Raw", display, mask_layer(raw, alpha, colors)),
+                ("Refined", display, mask_layer(refined, alpha, colors))]
     if view == "Contours":
-        return [("Raw", display, contour_layer(raw)), ("Refined", display, contour_layer(refined))]
+        return [("Raw", display, contour_layer(raw, colors=colors)),
+                ("Refined", display, contour_layer(refined, colors=colors))]
     if view == "Side by side":
-        return [("Scan", display, None), ("Raw", display, mask_layer(raw, alpha)),
-                ("Refined", display, mask_layer(refined, alpha))]
+        return [("Scan", display, None), ("Raw", display, mask_layer(raw, alpha, colors)),
+                ("Refined", display, mask_layer(refined, alpha, colors))]
     if view == "Difference":
         return [("Refined − raw (green added, red removed)", display, diff_layer(raw, refined))]
     if view == "Instances":
@@ -230,7 +253,7 @@ def view_panels(view: str, display: np.ndarray, raw: np.ndarray, refined: np.nda
         n = len(instances["scores"])
         masks = instances["masks"] if n else np.zeros((0,) + np.shape(display), bool)
         return [(f"Instances ({n}, Mask R-CNN)", display, instance_layer(masks, instances["boxes"], alpha)),
-                ("Refined (semantic)", display, mask_layer(refined, alpha))]
+                ("Refined (semantic)", display, mask_layer(refined, alpha, colors))]
     raise ValueError(f"Unknown view '{view}'. Expected one of {list(VIEWS) + ['Instances']}.")
 
 
@@ -243,13 +266,15 @@ def instance_labels(instances: dict, image_shape: tuple[int, int], screen_scale:
             for (t, spot, col) in zip(texts, spots, cols) if spot is not None for r, c in [spot]]
 
 
-def proposal_layer(labels: np.ndarray, proposal: np.ndarray | None, label: int, alpha: float = 0.45) -> np.ndarray:
+def proposal_layer(labels: np.ndarray, proposal: np.ndarray | None, label: int, alpha: float = 0.45,
+                   colors=None) -> np.ndarray:
     """RGBA layer for the smart-click tool: the current mask, and the proposed object in its class colour
     (more opaque) with a yellow outline."""
-    out = mask_layer(labels, alpha)
+    out = mask_layer(labels, alpha, colors)
     if proposal is not None and np.any(proposal):
         prop = np.asarray(proposal, bool)
-        out[prop, :3] = PALETTE[label % len(PALETTE)]
+        pal = palette(colors)
+        out[prop, :3] = pal[label % len(pal)]
         out[prop, 3] = int(round(min(1.0, alpha + 0.25) * 255))
         cs, _ = cv2.findContours(prop.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(out, cs, -1, (241, 196, 15, 255), 1)

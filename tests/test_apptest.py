@@ -148,3 +148,73 @@ def test_instances_page_edits_and_saves_coco():
     at.button(key="sc_ic_save").click().run()
     assert not at.exception, at.exception
     assert any(f"Saved {n0 - 2} object" in s.value for s in at.success)
+
+
+def test_finetune_page_queues_a_background_job_and_offers_its_candidate(data_dir):
+    """A job started on the page runs in the server's job manager; the queue and the candidate show its result."""
+    import streamlit as st
+
+    from segcore.labels import load_mask
+    from segcore.store import Workspace
+
+    st.cache_resource.clear()  # a workspace and job manager on this test's data dir
+    ws = Workspace(data_dir, default_model_dir=ROOT / "sample_data" / "models" / "default")
+    name = sorted((ROOT / "sample_data/phantom/train/images").iterdir())[0].name
+    scan = (ROOT / "sample_data/phantom/train/images" / name).read_bytes()
+    mask = load_mask(ROOT / "sample_data/phantom/train/masks" / name)
+    c = ws.save_correction(scan, name, mask, author="Dr T", model_version="v1", source="refined",
+                           class_names=("background", "organ", "lesion"))
+    at = _app()
+    at.switch_page("app_pages/finetune.py").run()
+    assert not at.exception, at.exception
+    assert at.multiselect(key="sc_ft_train").value == [c.id]
+    at.checkbox(key="sc_ft_manual").check().run()
+    at.number_input(key="sc_ft_epochs").set_value(2)
+    at.selectbox(key="sc_ft_lr").set_value(1e-5)
+    at.session_state["sc_reviewer"] = "Dr T"
+    at.run()
+    assert not at.button(key="sc_ft_go").disabled
+    at.button(key="sc_ft_go").click().run()
+    assert not at.exception, at.exception
+    assert any("queued" in s.value for s in at.success), [s.value for s in at.success]
+    from ui import resources
+
+    job = resources.jobs().jobs()[0]
+    assert job.created_by == "Dr T" and job.spec["settings"] == {"epochs": 2, "learning_rate": 1e-5}
+    done = resources.jobs().wait(job.id, timeout=300)
+    assert done.state == "done", (done.state, done.error)
+    at.run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="sc_ft_cand_pick").value == "v2"
+    assert at.button(key="sc_promote") is not None
+    rows = next(d.value for d in at.dataframe if "started by" in d.value.columns)  # the jobs table
+    assert list(rows["state"]) == ["done"] and list(rows["started by"]) == ["Dr T"]
+
+
+def test_finetune_page_class_editor_offers_only_corrections_that_fit(data_dir):
+    """Renaming organ to nucleus and removing lesion: a correction with lesion pixels is not offered, and says why."""
+    import streamlit as st
+
+    from segcore.labels import load_mask
+    from segcore.store import Workspace
+
+    st.cache_resource.clear()
+    ws = Workspace(data_dir, default_model_dir=ROOT / "sample_data" / "models" / "default")
+    name = "train_0000.png"
+    mask = load_mask(ROOT / "sample_data/phantom/train/masks" / name)
+    assert mask.max() == 2
+    ws.save_correction((ROOT / "sample_data/phantom/train/images" / name).read_bytes(), name, mask, author="Dr T",
+                       model_version="v1", source="refined", class_names=("background", "organ", "lesion"))
+    at = _app()
+    at.switch_page("app_pages/finetune.py").run()
+    assert not [c for c in at.caption if "Not offered" in c.value]
+    at.session_state["sc_ft_classes"] = {"edited_rows": {1: {"class": "nucleus"}}, "added_rows": [],
+                                         "deleted_rows": [2]}
+    at.run()
+    assert not at.exception, at.exception
+    assert [c.value for c in at.caption if "Not offered" in c.value][0].endswith(
+        "it has label 2 (lesion); the new class set has 2 classes (background, nucleus).")
+    assert at.multiselect(key="sc_ft_train").value == []
+    at.session_state["sc_ft_classes"] = {"edited_rows": {2: {"colour": "red"}}, "added_rows": [], "deleted_rows": []}
+    at.run()
+    assert any("colour 'red' is not #rrggbb" in e.value for e in at.error)

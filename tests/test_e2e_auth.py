@@ -114,7 +114,7 @@ def test_two_signed_in_reviewers_roles_sign_out_and_tampering(secure_app, browse
     # a reviewer cannot promote: the page says which role it needs, and the library refuses on its own
     b.goto(url + "/finetune")
     b.get_by_text(re.compile(r"may not fine-tune a model: that needs the admin role")).wait_for(timeout=60_000)
-    assert b.get_by_role("button", name=re.compile("Fine-tune a copy of")).is_disabled()
+    assert b.get_by_role("button", name=re.compile("Start fine-tuning")).is_disabled()
     bob = Identity("bob-5678", "Bob Brown", roles=frozenset({"reviewer"}), authenticated=True)
     from segcore.store import Workspace
 

@@ -404,3 +404,51 @@ def test_dead_worker_job_is_marked_failed_after_restart(workspace, tmp_path):
     assert "progress " in log and "failed" in log.splitlines()[-1]
     assert list(ws.versions()) == ["v1"] and ws.active_version() == "v1"
     assert not ws.models_dir.is_dir() or not [p for p in ws.models_dir.iterdir() if p.name.startswith("v")]
+
+
+def test_submit_checks_the_class_set_against_the_corrections(workspace):
+    import numpy as np
+
+    from segcore.jobs import JobManager, JobSpec
+    from segcore.labels import png_bytes
+
+    ws, ids = workspace
+    im, m = ws.load_correction(ids[0])
+    lesion = m.copy()
+    lesion[:4, :4] = 2
+    lid = ws.save_correction(png_bytes(im), "with_lesion.png", lesion, author="ann", model_version="v1",
+                             source="raw", class_names=("background", "organ", "lesion")).id
+    assert ws.list_corrections()[-1].labels == tuple(int(v) for v in np.unique(lesion))
+    mgr = JobManager(ws, sample_dir=None, start=False)
+    # a rename of label 1 fits the disc corrections (labels 0, 1) ...
+    mgr.submit(JobSpec("a", ids[:2], class_names=["background", "nucleus"], class_colors=[(0, 0, 0), (255, 0, 0)]))
+    # ... but not the one with a lesion (label 2), whether trained on or held out
+    with pytest.raises(ValueError, match=r"with_lesion.png .*label 2 \(lesion\); the new class set has 2 classes"):
+        mgr.submit(JobSpec("a", ids[:2], held_out_ids=[lid], class_names=["background", "nucleus"]))
+    with pytest.raises(ValueError, match="distinct"):
+        mgr.submit(JobSpec("a", ids[:2], class_names=["background", "cell", "cell"]))
+    with pytest.raises(ValueError, match=r"one RGB triple in \[0, 255\] per class \(2\)"):
+        mgr.submit(JobSpec("a", ids[:2], class_names=["background", "cell"], class_colors=[(0, 0, 0)]))
+    with pytest.raises(ValueError, match="without class_names"):
+        mgr.submit(JobSpec("a", ids[:2], class_colors=[(0, 0, 0), (1, 2, 3), (4, 5, 6)]))
+
+
+def test_colour_only_change_keeps_the_weights_and_records_the_colours(workspace):
+    from segcore.jobs import JobManager, JobSpec
+
+    ws, ids = workspace
+    mgr = JobManager(ws, sample_dir=None)
+    try:
+        colours = [(0, 0, 0), (10, 20, 30), (200, 100, 50)]
+        jid = mgr.submit(JobSpec("a", ids[:2], held_out_ids=ids[2:3], settings=JOB_SETTINGS,
+                                 class_names=["background", "organ", "lesion"], class_colors=colours))
+        st = mgr.wait(jid, timeout=300)
+    finally:
+        mgr.shutdown()
+    assert st.state == "done", st.error
+    _, cfg = ws.validate_version(st.result["version"])
+    assert [list(c) for c in cfg.class_colors] == [list(c) for c in colours]
+    assert tuple(cfg.class_names) == ("background", "organ", "lesion")
+    import math
+
+    assert math.isfinite(ws.gate(st.result["version"]).baseline)  # same classes: compared with v1 on the same set

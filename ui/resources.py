@@ -32,6 +32,16 @@ def workspace() -> Workspace:
 
 
 @st.cache_resource
+def jobs():
+    """The server's fine-tune job manager: jobs run in its worker threads, not in a page script, so they go on
+    while people switch pages; ``SEGCORE_FINETUNE_WORKERS`` jobs at once (default 1: the others queue)."""
+    from segcore.jobs import JobManager
+
+    return JobManager(workspace(), max_workers=int(os.environ.get("SEGCORE_FINETUNE_WORKERS", "1")),
+                      sample_dir=SAMPLE_DIR)
+
+
+@st.cache_resource
 def review_store():
     from segcore.review import ReviewStore
 

@@ -19,16 +19,17 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
-def class_legend(class_names, *, skip_background: bool = True) -> str:
-    """Coloured chips naming each class (markdown with HTML)."""
-    chips = [f"<span style='display:inline-block;width:0.9em;height:0.9em;background:{class_hex(i)};"
+def class_legend(class_names, colors=None, *, skip_background: bool = True) -> str:
+    """Coloured chips naming each class (markdown with HTML); ``colors``: the model's class colours."""
+    chips = [f"<span style='display:inline-block;width:0.9em;height:0.9em;background:{class_hex(i, colors)};"
              f"border-radius:2px;margin:0 0.3em -0.1em 0.6em'></span>{name}"
              for i, name in enumerate(class_names) if not (skip_background and i == 0)]
     return "".join(chips)
 
 
-def show_legend(class_names, prefix: str = "") -> None:
-    st.markdown(f"<div style='font-size:0.9rem'>{prefix}{class_legend(class_names)}</div>", unsafe_allow_html=True)
+def show_legend(class_names, colors=None, prefix: str = "") -> None:
+    st.markdown(f"<div style='font-size:0.9rem'>{prefix}{class_legend(class_names, colors)}</div>",
+                unsafe_allow_html=True)
 
 
 def window_picker(scan: Scan, image, scan_key: str) -> tuple[WindowChoice, tuple[float, float]]:
@@ -106,16 +107,18 @@ def model_card(card: dict, warnings: list[str], *, expanded: bool = False) -> No
                                                     if isinstance(v, (int, float, str, bool))))
         for split, values in (card.get("metrics") or {}).items():
             if isinstance(values, dict):
-                st.caption(f"{split}: " + ", ".join(f"{k} {v}" for k, v in values.items()
-                                                     if isinstance(v, (int, float, str))))
+                st.caption(f"{split}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                     for k, v in values.items() if isinstance(v, (int, float, str))))
 
 
 BRUSH_TOOLS = ("Brush", "Eraser", "Polygon fill")
 TOOLS = ("Smart click",) + BRUSH_TOOLS
 
 
-def mask_editor(image, display, base_mask, class_names, key: str):
+def mask_editor(image, display, base_mask, class_names, key: str, colors=None):
     """Smart click (click/box prompts), brush, eraser and polygon tools on one working mask.
+
+    ``class_names`` and ``colors`` are the active model's classes (``ModelConfig.class_names``/``class_colors``).
 
     Returns ``(mask, edits)``: the edited label map and a sentence counting the edits. The working mask lives in
     session state under ``key`` (strokes drawn with the canvas are folded into it when switching to Smart click,
@@ -145,14 +148,14 @@ def mask_editor(image, display, base_mask, class_names, key: str):
             ss[wk] = apply_object(ss[wk], obj, cls)
             ss[f"{key}_objects"] += 1
 
-        smart_click(image, display, lambda prop: proposal_layer(ss[wk], prop, cls), positive, key,
+        smart_click(image, display, lambda prop: proposal_layer(ss[wk], prop, cls, colors=colors), positive, key,
                     accept=accept, accept_label=f"Accept as {class_names[cls]}",
                     reset=f"{ss[ver]}_{ss[f'{key}_objects']}")
         mask = ss[wk]
         edits = plural(ss[f"{key}_objects"], "object") + " added by smart click"
     else:
         size = c3.slider("Brush (px)", 1, 60, 12, key=f"{key}_brush")
-        mask, n = _canvas(display, ss[wk], cls, class_names, tool, size, f"{key}_canvas_{ss[ver]}")
+        mask, n = _canvas(display, ss[wk], cls, class_names, colors, tool, size, f"{key}_canvas_{ss[ver]}")
         edits = plural(n, "stroke")
     ss[last] = mask
     return mask, edits
@@ -226,25 +229,25 @@ def smart_click(image, display, layer, positive: bool, key: str, *, accept, acce
                "green: add, red: remove, yellow outline: the proposed object (not kept until accepted).")
 
 
-def _canvas(display, base_mask, cls: int, class_names, tool: str, size: int, key: str):
+def _canvas(display, base_mask, cls: int, class_names, colors, tool: str, size: int, key: str):
     """The drawing canvas over the working mask; returns ``(mask with strokes, n strokes)``."""
     from streamlit_drawable_canvas import st_canvas
 
     from segcore.annotate import apply_strokes
-    from segcore.viz import PALETTE, canvas_background
+    from segcore.viz import canvas_background, palette
 
     h, w = base_mask.shape
     canvas_w = min(720, w * 4)
     scale = w / canvas_w  # image pixels per canvas pixel (same on both axes)
     canvas_h = int(round(h / scale))
-    stroke = ERASER if tool == "Eraser" else class_hex(cls)
+    stroke = ERASER if tool == "Eraser" else class_hex(cls, colors)
     st.caption(f"Drawing **{class_names[cls] if tool != 'Eraser' else 'background (eraser)'}** · canvas toolbar: "
                f"undo, redo, clear · applied at full resolution ({w}×{h} px, {scale:.2f} image px per screen px).")
     polygon = tool == "Polygon fill"
     # a polygon is drawn with a hairline outline, so what is seen is its filled interior: what is saved
     result = st_canvas(fill_color=stroke, stroke_width=1 if polygon else size, stroke_color=stroke,
-                       background_image=canvas_background(display, base_mask, canvas_w, canvas_h),
+                       background_image=canvas_background(display, base_mask, canvas_w, canvas_h, colors=colors),
                        height=canvas_h, width=canvas_w, drawing_mode="polygon" if polygon else "freedraw",
                        key=key, update_streamlit=True)
     objects = (result.json_data or {}).get("objects", []) if result is not None else []
-    return apply_strokes(base_mask, objects, scale, PALETTE, eraser_color=ERASER), len(objects)
+    return apply_strokes(base_mask, objects, scale, palette(colors), eraser_color=ERASER), len(objects)
