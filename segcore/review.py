@@ -307,25 +307,33 @@ def audit_key(data_dir: str | Path | None = None) -> bytes:
 
     path = Path(os.environ.get("SEGCORE_AUDIT_KEY_FILE") or Path(data_dir or default_data_dir()) / "audit.key")
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
+    if not path.exists():
+        # Write the key to a private temporary, then link it into place: the link fails if another
+        # process won the race, and nobody can ever read a half-written key file.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_hex(32).encode())
+                f.flush()
+                os.fsync(f.fileno())
             try:
-                os.chmod(path, 0o600)
-            except PermissionError as exc:
-                raise ValueError(f"The audit key file '{path}' is readable by others (mode {mode:o}) and cannot be "
-                                 "restricted to 0600; fix its permissions.") from exc
-        key = path.read_bytes().strip()
-        if len(key) < 16:
-            raise ValueError(f"The audit key file '{path}' is empty or too short; restore it from backup.")
-        return key
-    with os.fdopen(fd, "wb") as f:
-        f.write(secrets.token_hex(32).encode())
-        f.flush()
-        os.fsync(f.fileno())
-    return path.read_bytes().strip()
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+        finally:
+            tmp.unlink(missing_ok=True)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        try:
+            os.chmod(path, 0o600)
+        except PermissionError as exc:
+            raise ValueError(f"The audit key file '{path}' is readable by others (mode {mode:o}) and cannot be "
+                             "restricted to 0600; fix its permissions.") from exc
+    key = path.read_bytes().strip()
+    if len(key) < 16:
+        raise ValueError(f"The audit key file '{path}' is empty or too short; restore it from backup.")
+    return key
 
 
 @dataclasses.dataclass

@@ -73,7 +73,7 @@ def test_save_load_roundtrip_with_config(tmp_path):
     assert isinstance(back.loss, CombinedLoss)
     # overwrite is atomic: the old folder is replaced, not merged
     save_model(m, cfg, tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.keras"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["card.json", "config.json", "model.keras"]
     with pytest.raises(FileNotFoundError, match="expected model.keras and config.json"):
         load_model(tmp_path / "nothing")
 

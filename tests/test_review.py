@@ -7,6 +7,7 @@ without PostgreSQL binaries, required under CI). Tampering goes through SQLAlche
 
 import dataclasses
 import signal
+import os
 import sqlite3
 import subprocess
 import sys
@@ -241,6 +242,44 @@ def test_audit_key_file_is_private_and_outside_the_database(tmp_path, monkeypatc
     monkeypatch.setenv("SEGCORE_AUDIT_KEY", "short")
     with pytest.raises(ValueError, match="at least 16 characters"):
         _store(tmp_path)
+
+
+def test_writers_creating_the_audit_key_at_once_all_read_the_same_whole_key(tmp_path, monkeypatch):
+    """Creation is write-then-link: a racing reader never sees an empty, half-written key file.
+
+    Key generation is slowed down so that every writer is inside the creation window at once.
+    """
+    import secrets
+    import threading
+
+    from segcore import review as review_mod
+
+    monkeypatch.delenv("SEGCORE_AUDIT_KEY", raising=False)
+    monkeypatch.delenv("SEGCORE_AUDIT_KEY_FILE", raising=False)
+    slow_hex = secrets.token_hex
+
+    def token_hex(n=None):
+        time.sleep(0.2)
+        return slow_hex(n)
+
+    monkeypatch.setattr(review_mod.secrets, "token_hex", token_hex)
+    barrier, results = threading.Barrier(6), []
+
+    def open_key():
+        barrier.wait()
+        try:
+            results.append(review_mod.audit_key(tmp_path))
+        except Exception as exc:  # noqa: BLE001 - the failure is the assertion
+            results.append(exc)
+
+    threads = [threading.Thread(target=open_key) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(results) == 6 and not [r for r in results if isinstance(r, Exception)], results
+    assert set(results) == {(tmp_path / "audit.key").read_bytes().strip()} and len(results[0]) == 64
+    assert [p.name for p in tmp_path.iterdir()] == ["audit.key"]  # no temporaries left behind
 
 
 def test_migration_from_v2_keeps_data_renumbers_positions_and_anchors_the_audit(tmp_path, root):
