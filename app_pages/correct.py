@@ -23,11 +23,11 @@ ws = resources.workspace()
 _, _, mconfig = resources.model_for(cur.model_version)
 names, colors = mconfig.class_names, mconfig.class_colors
 if scan.is_volume:  # move through the volume here too: correct a few slices, fill the rest, review, repeat
-    z = st.slider("Slice", 0, scan.num_slices - 1, cur.slice_index, key=f"sc_corr_slice_{cur.key[:12]}")
+    z = st.slider("Slice", 0, scan.num_slices - 1, cur.slice_index, key=f"sc_corr_slice_{cur.short}")
     cur = state.update_current(slice_index=z)
-marked = st.session_state.setdefault("sc_marked", {}).setdefault(cur.key, {})
-filled = st.session_state.setdefault("sc_filled", {}).get(cur.key)
-seg = resources.segmentation(cur.key, scan, cur.model_version, cur.slice_index, cur.refine)
+marked = st.session_state.setdefault("sc_marked", {}).setdefault(cur.scan_key, {})
+filled = st.session_state.setdefault("sc_filled", {}).get(cur.scan_key)
+seg = resources.segmentation(cur.scan_key, scan, cur.model_version, cur.slice_index, cur.refine)
 image = scan.slice(0, cur.slice_index)
 display = display_image(image, resolve_window(scan, image, cur.window))
 
@@ -36,7 +36,8 @@ st.markdown(f"**Editing:** {cur.name} · {where} · {image.shape[1]}×{image.sha
             f"**{cur.model_version}** ({widgets.refine_summary(cur.refine)})")
 widgets.show_legend(names, colors, prefix="Classes: ")
 
-previous = [c for c in ws.list_corrections() if c.scan_name == cur.name and c.slice_index == cur.slice_index]
+previous = [c for c in ws.list_corrections()  # the same bytes (and series), not merely the same file name
+            if c.scan_sha256 == cur.key and c.series_uid == cur.series_uid and c.slice_index == cur.slice_index]
 starts = (["marked"] if cur.slice_index in marked else []) + (["filled"] if filled is not None else []) + \
     ["refined", "raw"] + (["previous"] if previous else [])
 start = st.radio("Start from", starts, horizontal=True, key="sc_start",
@@ -48,7 +49,8 @@ start = st.radio("Start from", starts, horizontal=True, key="sc_start",
 base_mask = {"previous": lambda: load_mask(previous[-1].mask_path), "refined": lambda: seg.refined,
              "raw": lambda: seg.raw, "marked": lambda: marked[cur.slice_index],
              "filled": lambda: filled[cur.slice_index]}[start]()
-tag = f"sc_corr_{cur.key[:12]}-{cur.slice_index}-{start}"
+# the editor starts again whenever what it started from changes (scan, slice, start, model, refinement)
+tag = f"sc_corr_{cur.short}-{cur.slice_index}-{start}-{resources.digest(cur.model_version, cur.refine)}"
 
 
 @st.fragment
@@ -71,7 +73,7 @@ def editor():
         try:
             rec = ws.save_correction(catalogue.scan_bytes(cur.key), cur.name, corrected, author=author,
                                      model_version=cur.model_version, source=start, slice_index=cur.slice_index,
-                                     class_names=names)
+                                     class_names=names, series_uid=cur.series_uid)
         except (ValueError, OSError, PermissionError) as exc:
             st.error(f"Not saved: {exc}")
         else:
@@ -98,7 +100,7 @@ if scan.is_volume:
         from segcore.volume import propagate
 
         bar = st.progress(0.0, text="Filling…")
-        st.session_state["sc_filled"][cur.key] = propagate(scan.pixels, dict(marked), spacing=scan.spacing,
+        st.session_state["sc_filled"][cur.scan_key] = propagate(scan.pixels, dict(marked), spacing=scan.spacing,
                                                            progress=lambda f, m: bar.progress(f, text=m))
         st.rerun()
     if filled is not None:
@@ -117,7 +119,7 @@ if scan.is_volume:
             d2.caption(f"DICOM SEG is not offered: {reason}")
         else:
             d2.download_button("Filled segmentation (DICOM SEG, semi-automatic)",
-                               resources.seg_bytes(cur.key, filled, scan, tuple(names), cur.model_version, True),
+                               resources.seg_bytes(cur.scan_key, filled, scan, tuple(names), cur.model_version, True),
                                f"{stem}_seg.dcm", "application/dicom", key="sc_dl_filled_seg")
 saved = ws.list_corrections()
 if saved:

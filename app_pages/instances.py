@@ -3,6 +3,7 @@ and fine-tune the instance model on the corrections behind the same kind of gate
 
 import streamlit as st
 
+from segcore.auth import PermissionDenied
 from segcore.display import display_image, resolve_window
 from segcore.figures import image_panels
 from segcore.instances import add_instance, delete_instance, ids_from_masks, merge_instances, split_instance
@@ -31,8 +32,8 @@ card = resources.instance_card()
 widgets.model_card(card, [])
 scale = st.slider("Object size (pixel scale)", 0.5, 4.0, float(model.config.pixel_scale), 0.25, key="sc_ic_scale",
                   help="Enlarges the image for the model: raise it when objects are smaller than ~11 px across.")
-det = resources.detections(cur.key, cur.slice_index, scale, version, image)
-ids_key = f"sc_ic_ids_{cur.key[:12]}_{cur.slice_index}_{version}_{scale}"
+det = resources.detections(cur.scan_key, cur.slice_index, scale, version, image)
+ids_key = f"sc_ic_ids_{cur.short}_{cur.slice_index}_{version}_{scale}"
 if ids_key not in st.session_state or st.button("Reset to the model's objects", key="sc_ic_reset"):
     st.session_state[ids_key] = ids_from_masks(det["masks"], det["scores"])
 st.session_state.setdefault(f"{ids_key}_n", 0)
@@ -104,9 +105,14 @@ def editor():
     refusal = auth.needs(who, "save_correction")
     if st.button("Save these objects (COCO)", type="primary", disabled=refusal is not None, key="sc_ic_save",
                  help=refusal):
-        rec = iws.save(catalogue.scan_bytes(cur.key), cur.name, ss[ids_key], author=who,
-                       slice_index=cur.slice_index, class_names=tuple(model.config.class_names), model_version=version)
-        st.success(f"Saved {widgets.plural(rec.n_instances, 'object')} of {cur.name} to {rec.coco_path}")
+        try:
+            rec = iws.save(catalogue.scan_bytes(cur.key), cur.name, ss[ids_key], author=who,
+                           slice_index=cur.slice_index, class_names=tuple(model.config.class_names),
+                           model_version=version)
+        except (ValueError, OSError, PermissionDenied) as exc:
+            st.error(f"Not saved: {exc}")
+        else:
+            st.success(f"Saved {widgets.plural(rec.n_instances, 'object')} of {cur.name} to {rec.coco_path}")
 
 
 editor()
@@ -127,11 +133,15 @@ else:
                  disabled=refusal is not None, key="sc_ic_ft"):
         from segcore.instances import fine_tune_instances
 
-        with st.spinner("Fine-tuning the instance model (a few minutes on a CPU)…"):
-            res = fine_tune_instances(model, iws.training_pairs(saved), pixel_scale=scale)
-        v = iws.add_version(res.model, ap50_before=res.ap50_before, ap50_after=res.ap50_after,
-                            trained_on=[r.id for r in saved], actor=who)
-        st.session_state["sc_ic_candidate"] = v
+        try:
+            with st.spinner("Fine-tuning the instance model (a few minutes on a CPU)…"):
+                res = fine_tune_instances(model, iws.training_pairs(saved), pixel_scale=scale)
+            v = iws.add_version(res.model, ap50_before=res.ap50_before, ap50_after=res.ap50_after,
+                                trained_on=[r.id for r in saved], actor=who)
+        except (ValueError, OSError, PermissionDenied) as exc:
+            st.error(f"Fine-tuning did not produce a candidate: {exc}")
+        else:
+            st.session_state["sc_ic_candidate"] = v
     cand = st.session_state.get("sc_ic_candidate")
     info = iws.versions().get(cand) if cand else None
     if info and cand != iws.active_version():
@@ -142,6 +152,9 @@ else:
             st.error(f"{cand} lost AP50 on the held-out objects; it cannot be promoted.")
         if st.button(f"Promote {cand}", disabled=not ok or auth.needs(who, "promote") is not None,
                      key="sc_ic_promote"):
-            iws.promote(cand, actor=who)
-            st.success(f"{cand} is now the active instance model.")
-            st.rerun()
+            try:
+                iws.promote(cand, actor=who)
+            except (ValueError, OSError, PermissionDenied) as exc:
+                st.error(f"{cand} was not promoted: {exc}")
+            else:
+                st.rerun()

@@ -75,6 +75,14 @@ if choice is None:
     st.stop()
 
 sid = int(choice)
+# the session's masks came from the model it was created with: its class names, colours and version go with them
+session_version = next(s["model_version"] for s in sessions if s["id"] == sid)
+if session_version in ws.versions():
+    _, _, sconfig = resources.model_for(session_version)
+    names, colors = sconfig.class_names, sconfig.class_colors
+else:
+    st.warning(f"Model {session_version}, which segmented this session, is no longer in the registry; class names "
+               f"and colours are those of the active model {version}.")
 tab_review, tab_summary = st.tabs(["Review", "Summary & export"])
 
 with tab_review:
@@ -164,7 +172,7 @@ with tab_review:
     if st.button("Record verdict and go to the next case", type="primary", disabled=problem is not None,
                  key=f"sc_rv_submit_{case.id}"):
         try:  # the verdict and (unless rejected) the correction for fine-tuning, in a safe order
-            submit_verdict(store, ws, case.id, reviewer, verdict, model_version=version, mask=corrected,
+            submit_verdict(store, ws, case.id, reviewer, verdict, model_version=session_version, mask=corrected,
                            class_names=names, reason_code=reason, comment=comment,
                            point=(point[1], point[0]) if point else None,
                            seconds_spent=time.time() - st.session_state[timer_key], spacing=case.spacing)
@@ -185,13 +193,14 @@ with tab_review:
     if agree:
         st.subheader("Inter-rater agreement")
         st.dataframe(agree, hide_index=True, width="stretch")
-        others = {v["reviewer"]: v for (cid, _), v in latest.items() if cid == case.id and v["verdict"] != "reject"}
+        others = {sub: v for (cid, sub), v in latest.items() if cid == case.id and v["verdict"] != "reject"}
         # reviewers of this session may compare masks (agreement() checked that above)
         if len(others) >= 2:
-            a, b = sorted(others)[:2]
-            dis = disagreement_map(store.accepted_mask(others[a]["id"]), store.accepted_mask(others[b]["id"]))
+            a, b = (others[k] for k in sorted(others)[:2])
+            dis = disagreement_map(store.accepted_mask(a["id"]), store.accepted_mask(b["id"]))
             dis = dis[z] if case.is_volume else dis
-            st.image(overlay(disp, dis, 0.7), caption=f"Disagreement between {a} and {b} (red)", width=420)
+            st.image(overlay(disp, dis, 0.7), caption=f"Disagreement between {a['reviewer']} and {b['reviewer']} "
+                     "(red)", width=420)
 
 with tab_summary:
     import plotly.express as px_
@@ -230,9 +239,14 @@ with tab_summary:
     if z and z[0] == sid:
         st.download_button("Download session export (zip: PNG + NIfTI masks, COCO JSON, CSV, HTML report)", z[1],
                            f"review_session_{sid}.zip", "application/zip", key="sc_rv_dl")
-    problems = store.audit_problems()
-    if problems:
-        st.error("The audit trail does not verify: " + "; ".join(problems[:5]))
-    else:
-        st.caption(f"Audit trail: {len(store.audit_records())} records; every session, case, mask version and "
-                   "verdict row is vouched for by a keyed hash chain (verified now).")
+    n_audit = store.audit_count()
+    st.caption(f"Audit trail: {n_audit} records; every session, case, mask version and verdict row is vouched "
+               "for by a keyed hash chain.")
+    if st.button("Verify the audit trail", key="sc_rv_verify"):  # reads every audited row: on demand only
+        st.session_state["sc_rv_verified"] = (n_audit, store.audit_problems())
+    checked = st.session_state.get("sc_rv_verified")
+    if checked:
+        if checked[1]:
+            st.error("The audit trail does not verify: " + "; ".join(checked[1][:5]))
+        else:
+            st.success(f"Verified: all {checked[0]} audit records and the rows they vouch for are intact.")

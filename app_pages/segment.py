@@ -78,15 +78,16 @@ if previous is None or (previous.key, previous.name, previous.model_version, pre
     state.set_current(state.CurrentScan(key=key, name=name, model_version=version,
                                         slice_index=scan.num_slices // 2 if scan.is_volume else None,
                                         is_phantom_sample=phantom, series_uid=series_uid))
+skey, short = state.current().scan_key, state.current().short  # the scan on screen (series included)
 card = resources.model_card(version)
 widgets.model_card(card, domain_warnings(card, scan, is_phantom_sample=phantom))
 
 
 # ---------------------------------------------------------------- whole volume: 3-D refinement, volumes, views, exports
-def volume_panel(scan, key):
+def volume_panel(scan, skey):
     cur = state.current()
     st.subheader(f"Whole volume ({scan.num_slices} slices)")
-    vol = resources.whole_volume(key, scan, cur.model_version, cur.refine)
+    vol = resources.whole_volume(skey, scan, cur.model_version, cur.refine)
     if vol is None:
         st.caption("Segment every slice (batched through the model), refine each slice, then refine in 3-D "
                    "(26-connected components, hole filling, small components in mm³); volumes in mL, 3-D views, "
@@ -94,7 +95,7 @@ def volume_panel(scan, key):
         if not st.button(f"Segment all {scan.num_slices} slices", type="primary", key="sc_vol_go"):
             return
         bar = st.progress(0.0, text="Starting…")
-        vol = resources.whole_volume(key, scan, cur.model_version, cur.refine,
+        vol = resources.whole_volume(skey, scan, cur.model_version, cur.refine,
                                      progress=lambda f, m: bar.progress(f, text=m))
         bar.empty()
     t = vol.timings
@@ -115,7 +116,7 @@ def volume_panel(scan, key):
     else:
         _, _, mconfig = resources.model_for(cur.model_version)
         c2.download_button("Refined segmentation (DICOM SEG)",
-                           resources.seg_bytes(key, vol.refined, scan, tuple(mconfig.class_names), cur.model_version),
+                           resources.seg_bytes(skey, vol.refined, scan, tuple(mconfig.class_names), cur.model_version),
                            f"{stem}_seg.dcm", "application/dicom", key="sc_dl_vol_seg")
 
 
@@ -125,7 +126,7 @@ def orthogonal_viewer(scan, vol):
     d, h, w = scan.pixels.shape
     ss = st.session_state
     colors = resources.model_for(state.current().model_version)[2].class_colors
-    pk = f"sc_ortho_{state.current().key[:12]}"
+    pk = f"sc_ortho_{state.current().short}"
     for axis, v in zip("zyx", (d // 2, h // 2, w // 2)):
         ss.setdefault(f"{pk}_{axis}", v)
     event = ss.get(f"{pk}_fig")
@@ -165,27 +166,27 @@ def viewer():
     with ctl_col:
         slice_index = None
         if scan.is_volume:
-            slice_index = st.slider("Slice", 0, scan.num_slices - 1, cur.slice_index, key=f"sc_slice_{key[:12]}")
+            slice_index = st.slider("Slice", 0, scan.num_slices - 1, cur.slice_index, key=f"sc_slice_{short}")
         image = scan.slice(0, slice_index)
         views = list(VIEWS) + (["Instances"] if resources.maskrcnn() else [])
         view = st.radio("View", views, horizontal=True, key="sc_view",
                         help="Instances: the compact Mask R-CNN's objects, each in its own colour")
         alpha = st.slider("Opacity", 0.0, 1.0, 0.45, 0.05, key="sc_alpha")
-        choice, win = widgets.window_picker(scan, image, key)
+        choice, win = widgets.window_picker(scan, image, short)
         unc_kind = st.selectbox("Uncertainty layer", ["off", "entropy", "MC dropout"], key="sc_unc",
                                 help="Entropy of the softmax (0..1), or the spread of the winning class's "
                                      "probability over 8 dropout samples (scaled to its maximum)")
         with st.expander("Refinement", expanded=True):
             refine = widgets.refine_controls()
     cur = state.update_current(slice_index=slice_index, refine=refine, window=choice)
-    seg = resources.segmentation(key, scan, cur.model_version, slice_index, refine)
+    seg = resources.segmentation(skey, scan, cur.model_version, slice_index, refine)
     display = display_image(image, win)
     heat, heat_title = None, ""
     if unc_kind == "entropy":
         heat, heat_title = entropy(seg.probs), "entropy"
     elif unc_kind == "MC dropout":
         try:
-            heat, heat_title = resources.mc_dropout(key, cur.model_version, slice_index, image), "MC-dropout spread"
+            heat, heat_title = resources.mc_dropout(skey, cur.model_version, slice_index, image), "MC-dropout spread"
         except ValueError as exc:
             st.warning(str(exc))
     det = None
@@ -196,7 +197,7 @@ def viewer():
                               help="Enlarges the image for the instance model: raise it when objects are smaller "
                                    "than about 11 px across (the model's trained range is 11-25 px).")
         iversion = resources.instance_workspace().active_version()
-        det = resources.detections(key, slice_index, scale, iversion, image)
+        det = resources.detections(skey, slice_index, scale, iversion, image)
     panels = view_panels(view, display, seg.raw, seg.refined, alpha, det, colors=mconfig.class_colors)
     labels = instance_labels(det, display.shape, 560 / display.shape[0]) if det is not None else ()
     with fig_col:
@@ -237,5 +238,5 @@ def viewer():
 
 viewer()
 if scan.is_volume:
-    volume_panel(scan, key)
+    volume_panel(scan, skey)
 st.page_link("app_pages/correct.py", label="Correct this mask →", icon=":material/edit:")

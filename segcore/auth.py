@@ -196,7 +196,9 @@ class RoleConfig:
     mapping : dict
         Claim value -> role.
     admins : tuple of str
-        Subjects or e-mail addresses that are always admin (the first admin, set by configuration).
+        Subjects or e-mail addresses that are always admin (the first admin, set by configuration). An e-mail
+        address counts only when the token says the provider verified it (``email_verified: true``); where users
+        can set their own address, list the subject instead.
     default_role : str or None
         Role of a signed-in user whom no claim or grant gives one (None: no role, can only look).
     """
@@ -237,8 +239,10 @@ def identity_from_claims(claims: Mapping, config: RoleConfig, granted: Iterable[
     >>> cfg = RoleConfig(mapping={"radiology": "reviewer"}, admins=("root@example.org",))
     >>> identity_from_claims({"sub": "u1", "name": "Ann", "groups": ["radiology"]}, cfg).role
     'reviewer'
-    >>> identity_from_claims({"sub": "u2", "email": "root@example.org"}, cfg).role
+    >>> identity_from_claims({"sub": "u2", "email": "root@example.org", "email_verified": True}, cfg).role
     'admin'
+    >>> identity_from_claims({"sub": "u3", "email": "root@example.org"}, cfg).role  # unverified: default role
+    'annotator'
     """
     sub = str(claims.get("sub") or "").strip()
     if not sub:
@@ -252,7 +256,8 @@ def identity_from_claims(claims: Mapping, config: RoleConfig, granted: Iterable[
     for v in values or []:
         if str(v) in config.mapping:
             roles.add(config.mapping[str(v)])
-    if sub in config.admins or (email and email in config.admins):
+    verified = claims.get("email_verified") in (True, "true", "True")
+    if sub in config.admins or (email and verified and email in config.admins):
         roles.add("admin")
     if not roles and config.default_role:
         roles.add(config.default_role)

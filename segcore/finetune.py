@@ -832,8 +832,11 @@ def adapt(model: keras.Model, config: ModelConfig, images: Sequence[np.ndarray],
                float("inf") if s.epochs is not None else t0 + budget + 2.0, peaks,
                warmup=max(1, min(final_steps // 10, 3 * spe)), cosine=True,
                continue_from_current="continued_from_hold_out_run" in decisions)
-    _execute(trainer, run, x, y, s, replay_used, ctx)
-    total_steps = final_steps + decisions.get("continued_from_hold_out_run", {}).get("steps", 0)
+    trained = _execute(trainer, run, x, y, s, replay_used, ctx)["steps"]  # the deadline may stop it early
+    decisions["final_steps_trained"] = trained
+    if trained < final_steps:
+        decisions["stopped_by_time_budget"] = {"planned_steps": final_steps, "trained_steps": trained}
+    total_steps = trained + decisions.get("continued_from_hold_out_run", {}).get("steps", 0)
     decisions["total_steps"] = total_steps
     new_config = copy.deepcopy(config)
     seconds = time.perf_counter() - t0

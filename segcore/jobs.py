@@ -382,7 +382,17 @@ class JobManager:
         return st
 
     def _recover(self) -> list[str]:
-        """Mark running jobs of dead workers failed; requeue queued jobs of dead servers. Returns the ids touched."""
+        """Mark running jobs of dead workers failed; requeue queued jobs of dead servers. Returns the ids touched.
+
+        Runs under a file lock: two servers (or a server and the CLI) starting together never both take over
+        the same orphaned job.
+        """
+        from filelock import FileLock
+
+        with FileLock(str(self.jobs_dir / ".recover.lock"), timeout=120):
+            return self._recover_locked()
+
+    def _recover_locked(self) -> list[str]:
         touched = []
         for st in reversed(self.jobs()):
             if st.finished:

@@ -55,7 +55,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 from sqlalchemy import (Column, DateTime, Float, ForeignKey, Integer, LargeBinary, MetaData, String, Table, Text,
-                        create_engine, event, insert, inspect, select, text, update)
+                        create_engine, event, func, insert, inspect, select, text, update)
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
@@ -526,15 +526,20 @@ class ReviewStore:
 
     def _append_audit(self, conn, event_name: str, rows: list[list], **fields: Any) -> None:
         last = conn.execute(select(audit.c.hash).order_by(audit.c.id.desc()).limit(1)).scalar() or GENESIS
-        count = conn.execute(select(audit.c.id)).all()
+        count = conn.execute(select(func.count()).select_from(audit)).scalar_one()
         payload = {"event": event_name, "at": _now().isoformat(), "rows": rows, **fields}
         body = _canonical(payload)
         mac = self._mac(last + body)
         conn.execute(insert(audit).values(payload=body, prev_hash=last, hash=mac, scheme=2))
-        n = len(count) + 1
+        n = count + 1
         head = {"count": n, "last_hash": mac, "mac": self._mac(f"head:{n}:{mac}")}
         if conn.execute(update(audit_head).where(audit_head.c.id == 1).values(**head)).rowcount == 0:
             conn.execute(insert(audit_head).values(id=1, **head))
+
+    def audit_count(self) -> int:
+        """How many audit records there are (cheap; :meth:`audit_problems` verifies them)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(audit)).scalar_one()
 
     def audit_records(self) -> list[dict]:
         with self.engine.connect() as conn:
@@ -964,15 +969,19 @@ class ReviewStore:
         if not who.may("view_all_verdicts") and who.subject not in self.reviewers_of(session_id):
             raise PermissionDenied(f"{who.name} is not a reviewer of session {session_id}: its agreement views "
                                    "show other reviewers' masks.", "view_agreement", "reviewer")
-        latest: dict[str, dict] = {}
+        latest: dict[str, dict] = {}  # by the reviewer's subject: two people may share a display name
         for v in self.verdicts(session_id):
             if v["case_id"] == case_id and v["verdict"] != "reject":
-                latest[v["reviewer"]] = v
-        names = sorted(latest)
+                latest[v.get("reviewer_id") or v["reviewer"]] = v
+        names = [v["reviewer"] for v in latest.values()]
+        shown = {sid: v["reviewer"] if names.count(v["reviewer"]) == 1 else f"{v['reviewer']} ({sid})"
+                 for sid, v in latest.items()}
+        subjects = sorted(latest, key=lambda k: (shown[k], k))
         rows = []
-        for i, a in enumerate(names):
-            for b in names[i + 1:]:
-                ma, mb = self.accepted_mask(latest[a]["id"]), self.accepted_mask(latest[b]["id"])
+        for i, sa in enumerate(subjects):
+            for sb in subjects[i + 1:]:
+                a, b = shown[sa], shown[sb]
+                ma, mb = self.accepted_mask(latest[sa]["id"]), self.accepted_mask(latest[sb]["id"])
                 k = int(max(ma.max(initial=0), mb.max(initial=0))) + 1
                 fa, fb = (ma > 0).astype(np.uint8), (mb > 0).astype(np.uint8)
                 if fa.ndim == 3:

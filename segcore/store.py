@@ -133,6 +133,7 @@ class Correction:
     scan_sha256: str = ""
     class_names: tuple[str, ...] | None = None
     labels: tuple[int, ...] = ()
+    series_uid: str | None = None
 
     @property
     def mask_path(self) -> Path:
@@ -192,23 +193,26 @@ class Workspace:
     # ------------------------------------------------------------ corrections
     def save_correction(self, scan_bytes: bytes, scan_name: str, mask: np.ndarray, *, author: Identity | str,
                         model_version: str, source: str, slice_index: int | None = None,
-                        note: str = "", class_names: tuple[str, ...] | None = None) -> Correction:
+                        note: str = "", class_names: tuple[str, ...] | None = None,
+                        series_uid: str | None = None) -> Correction:
         """Persist a corrected mask with its scan; returns the saved record.
 
         The folder is assembled under a temporary name and renamed into place,
         so a crash leaves either the whole correction or nothing.
         """
         staged = self.stage_correction(scan_bytes, scan_name, mask, author=author, model_version=model_version,
-                                       source=source, slice_index=slice_index, note=note, class_names=class_names)
+                                       source=source, slice_index=slice_index, note=note, class_names=class_names,
+                                       series_uid=series_uid)
         return self.commit_correction(staged)
 
     def stage_correction(self, scan_bytes: bytes, scan_name: str, mask: np.ndarray, *, author: Identity | str,
                          model_version: str, source: str, slice_index: int | None = None, note: str = "",
-                         class_names: tuple[str, ...] | None = None) -> Path:
+                         class_names: tuple[str, ...] | None = None, series_uid: str | None = None) -> Path:
         """Validate and write a correction into a hidden temporary folder; :meth:`commit_correction` publishes it.
 
         Callers that must store something else first (a review verdict) stage, store, then commit:
-        every check that can fail runs before anything is stored.
+        every check that can fail runs before anything is stored. ``series_uid`` names the series when the
+        scan is an upload holding several (a zip of DICOM series); it is kept so the correction reopens.
         """
         from .labels import png_bytes
 
@@ -234,7 +238,7 @@ class Workspace:
                     "source": source, "created_at": _now(), "slice_index": slice_index,
                     "shape": list(mask.shape), "note": note,
                     "class_names": list(class_names) if class_names else None,
-                    "labels": sorted(int(v) for v in np.unique(mask)),
+                    "labels": sorted(int(v) for v in np.unique(mask)), "series_uid": series_uid,
                     "scan_sha256": hashlib.sha256(scan_bytes).hexdigest(),
                     "mask_sha256": hashlib.sha256(mask.astype(np.uint8).tobytes()).hexdigest()}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -272,7 +276,7 @@ class Workspace:
                           slice_index=m.get("slice_index"), shape=tuple(m["shape"]), path=d, note=m.get("note", ""),
                           scan_sha256=m.get("scan_sha256", ""),
                           class_names=tuple(m["class_names"]) if m.get("class_names") else None,
-                          labels=tuple(labels))
+                          labels=tuple(labels), series_uid=m.get("series_uid"))
 
     def list_corrections(self) -> list[Correction]:
         """Saved corrections, oldest first (half-written temporary folders are ignored)."""
@@ -294,7 +298,12 @@ class Workspace:
         from .io import load_scan
 
         c = correction if isinstance(correction, Correction) else self._correction_from_dir(self.corrections_dir / correction)
-        scan = load_scan(c.scan_path, name=c.scan_name)
+        if c.series_uid:
+            from .series import load_zip
+
+            scan = load_zip(c.scan_path.read_bytes(), c.scan_name, series_uid=c.series_uid)
+        else:
+            scan = load_scan(c.scan_path, name=c.scan_name)
         image = scan.slice(0, c.slice_index)
         return image, load_mask(c.mask_path)
 
@@ -382,15 +391,20 @@ class Workspace:
         except ValueError as exc:
             raise ValueError(f"Model version '{version}' cannot be activated: {exc}") from exc
 
-    def activate(self, version: str, *, actor: Identity | str | None = None) -> None:
+    def activate(self, version: str, *, actor: Identity | str | None = None,
+                 expected_active: str | None = None) -> None:
         """Make ``version`` active (promotion or rollback; admin role) after validating that it loads and matches
-        its config."""
+        its config. With ``expected_active``, refuse if another version became active meanwhile (checked under
+        the registry lock, so a decision made against one active version is never applied to another)."""
         who = require(actor, "activate")
         if version not in self.versions():
             raise ValueError(f"Unknown model version '{version}'. Known versions: {sorted(self.versions())}.")
         self.validate_version(version)
         with self._lock():
             reg = self._registry()
+            if expected_active is not None and reg["active"] != expected_active:
+                raise ValueError(f"{reg['active']} became active while {version} was being checked against "
+                                 f"{expected_active}; evaluate {version} again before promoting.")
             reg["active"] = version
             reg.setdefault("history", []).append({"active": version, "at": _now(), "by": who.name,
                                                   "by_id": who.subject, "authenticated": who.authenticated})
@@ -433,7 +447,7 @@ class Workspace:
         decision = self.gate(version, tolerance)
         if not decision.passed:
             raise ValueError(decision.reason)
-        self.activate(version, actor=actor)
+        self.activate(version, actor=actor, expected_active=decision.baseline_version)
         return decision
 
 
@@ -512,8 +526,15 @@ class InstanceWorkspace:
     def list(self) -> list[InstanceCorrection]:
         if not self.dir.is_dir():
             return []
-        return [self._record(d) for d in sorted(self.dir.iterdir())
-                if not d.name.startswith(".") and (d / "meta.json").is_file()]
+        out = []
+        for d in sorted(self.dir.iterdir()):
+            if d.name.startswith(".") or not (d / "meta.json").is_file():
+                continue
+            try:
+                out.append(self._record(d))
+            except (json.JSONDecodeError, KeyError, ValueError, OSError):  # a damaged record: skip it, keep the rest
+                continue
+        return out
 
     def training_pairs(self, records: list[InstanceCorrection] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(2-D image, instance ids)`` of saved corrections (the slice they were made on)."""
@@ -577,15 +598,25 @@ class InstanceWorkspace:
         if info.get("ap50_after", -1) < info.get("ap50_before", 0):
             raise ValueError(f"Refusing to promote {version}: held-out AP50 {info['ap50_after']:.3f} is below "
                              f"{info['ap50_before']:.3f} before fine-tuning.")
-        self.activate(version, actor=actor)
+        parent = info.get("parent")
+        if parent is not None and parent != self.active_version():
+            raise ValueError(f"{version} was compared with {parent}, but {self.active_version()} is active now; "
+                             f"fine-tune again from the active model before promoting.")
+        self.activate(version, actor=actor, expected_active=parent)
 
-    def activate(self, version: str, *, actor: Identity | str | None) -> None:
-        """Make ``version`` the active instance model (admin role) after checking that it loads."""
+    def activate(self, version: str, *, actor: Identity | str | None, expected_active: str | None = None) -> None:
+        """Make ``version`` the active instance model (admin role) after checking that it loads; recorded in the
+        registry's history (who and when)."""
         from .instances.maskrcnn import MaskRCNN
 
-        require(actor, "activate")
+        who = require(actor, "activate")
         MaskRCNN.load(self.model_dir(version))
         with self.ws._lock():
             reg = self._registry()
+            if expected_active is not None and reg["active"] != expected_active:
+                raise ValueError(f"{reg['active']} became active while {version} was being checked against "
+                                 f"{expected_active}; compare {version} again before promoting.")
             reg["active"] = version
+            reg.setdefault("history", []).append({"active": version, "at": _now(), "by": who.name,
+                                                  "by_id": who.subject, "authenticated": who.authenticated})
             atomic_write(self.registry_path, json.dumps(reg, indent=1))

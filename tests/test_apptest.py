@@ -218,3 +218,71 @@ def test_finetune_page_class_editor_offers_only_corrections_that_fit(data_dir):
     at.session_state["sc_ft_classes"] = {"edited_rows": {2: {"colour": "red"}}, "added_rows": [], "deleted_rows": []}
     at.run()
     assert any("colour 'red' is not #rrggbb" in e.value for e in at.error)
+
+
+def test_review_records_the_sessions_model_and_verifies_the_audit_on_demand(data_dir):
+    """A session made by another model version keeps that version in the verdict and its correction; the audit
+    trail is verified when asked (it reads every row) and names a tampered row."""
+    import sqlite3
+
+    import streamlit as st
+
+    from segcore.models import load_model
+    from segcore.review import ReviewStore, queue_scan
+    from segcore.store import Workspace
+
+    st.cache_resource.clear()
+    model, config = load_model(ROOT / "sample_data" / "models" / "default")
+    store = ReviewStore(data_dir=data_dir)
+    sid = store.create_session("older model", "Dr T", "v0-retired", {})
+    scan = sorted((ROOT / "sample_data/phantom/test/images").iterdir())[0]
+    queue_scan(store, sid, scan.read_bytes(), scan.name, model, config, who="Dr T")
+    at = _app()
+    at.session_state["sc_reviewer"] = "Dr T"
+    at.switch_page("app_pages/review.py").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="sc_rv_session").value == sid
+    assert any("v0-retired" in w.value and "no longer in the registry" in w.value for w in at.warning)
+    at.radio(key=f"sc_rv_verdict_{store.cases(sid, 'upload')[0].id}").set_value("accept").run()
+    at.button(key=f"sc_rv_submit_{store.cases(sid, 'upload')[0].id}").click().run()
+    assert not at.exception, at.exception
+    assert [v["verdict"] for v in store.verdicts(sid)] == ["accept"]
+    saved = Workspace(data_dir, default_model_dir=ROOT / "sample_data" / "models" / "default").list_corrections()
+    assert [c.model_version for c in saved] == ["v0-retired"]
+
+    at.button(key="sc_rv_verify").click().run()
+    assert any("Verified: all" in s.value for s in at.success), [s.value for s in at.success]
+    con = sqlite3.connect(data_dir / "review.db")
+    con.execute("UPDATE verdicts SET comment = 'edited afterwards'")
+    con.commit()
+    con.close()
+    at.button(key="sc_rv_verify").click().run()
+    assert any("does not verify" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_correct_offers_previous_corrections_of_the_same_scan_only(data_dir):
+    """'Last saved correction' is matched by the scan's content (and series), not by a file name another scan may
+    share."""
+    import numpy as np
+    import streamlit as st
+
+    from segcore.io import load_scan
+    from segcore.store import Workspace
+
+    st.cache_resource.clear()
+    ws = Workspace(data_dir, default_model_dir=ROOT / "sample_data" / "models" / "default")
+    demo = ROOT / "sample_data" / "demo" / "phantom_ct_512.dcm"
+    shape = load_scan(demo).pixels.shape[-2:]
+    mask = np.zeros(shape, np.uint8)
+    mask[100:140, 100:160] = 1
+    ws.save_correction(b"other bytes, same name", demo.name, mask, author="Dr T", model_version="v1",
+                       source="refined")
+    at = _app()
+    at.switch_page("app_pages/correct.py").run()
+    assert not at.exception, at.exception
+    assert not any(o.startswith("last saved correction") for o in at.radio(key="sc_start").options)
+    ws.save_correction(demo.read_bytes(), demo.name, mask, author="Dr T", model_version="v1", source="refined")
+    at.run()
+    assert any(o.startswith("last saved correction") for o in at.radio(key="sc_start").options)
+    at.radio(key="sc_start").set_value("previous").run()
+    assert not at.exception, at.exception

@@ -157,7 +157,10 @@ def test_roles_from_token_claims_grants_and_configured_admins():
                                 "admins": ["boss@example.org"], "default": "none"})
     rev = identity_from_claims({"sub": "u1", "name": "Ann", "realm_access": {"roles": ["rad", "other"]}}, cfg)
     assert rev.role == "reviewer" and rev.authenticated and rev.subject == "u1"
-    assert identity_from_claims({"sub": "u2", "email": "boss@example.org"}, cfg).role == "admin"
+    assert identity_from_claims({"sub": "u2", "email": "boss@example.org", "email_verified": True}, cfg).role == "admin"
+    # an address the provider did not verify (self-service profiles) never makes anyone admin
+    assert identity_from_claims({"sub": "u4", "email": "boss@example.org"}, cfg).role is None
+    assert identity_from_claims({"sub": "u4", "email": "boss@example.org", "email_verified": False}, cfg).role is None
     assert identity_from_claims({"sub": "u3"}, cfg).role is None  # no default role: can only look
     assert identity_from_claims({"sub": "u3"}, cfg, granted=["annotator"]).role == "annotator"
     with pytest.raises(PermissionDenied, match="no subject"):

@@ -87,6 +87,10 @@ def test_plateau_without_overfitting_trains_for_the_time_budget():
     (fold,) = res.decisions["folds"]
     assert "time budget allows" in res.decisions["epochs_reason"]
     assert res.steps >= max(1, round(fold["best_step"] * 4 / 3))
+    # the reported steps are the steps trained (the final run may stop at the deadline before its plan)
+    continued = res.decisions["continued_from_hold_out_run"]["steps"]
+    assert [h["phase"] for h in res.history].count("final") == res.steps - continued
+    assert res.decisions["final_steps_trained"] == res.steps - continued <= res.decisions["final_steps"]
     assert res.seconds < 8 + 4  # the budget holds (plus the last step and bookkeeping)
 
 

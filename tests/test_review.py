@@ -138,6 +138,25 @@ def test_two_reviewers_agreement(db):
     assert rows[0]["disagreement_px"] == int((ref != other).sum())
 
 
+def test_agreement_keeps_two_reviewers_who_share_a_display_name_apart(db):
+    from segcore.auth import Identity
+
+    st = db.open()
+    ann1 = Identity("idp|111", "Ann Lee", roles=frozenset({"reviewer"}), authenticated=True)
+    ann2 = Identity("idp|222", "Ann Lee", roles=frozenset({"reviewer"}), authenticated=True)
+    sid = st.create_session("s", ann1, "v1")
+    raw, ref = _masks()
+    cid = st.add_case(sid, b"x", "x.png", raw, ref)
+    other = ref.copy()
+    other[:, :32] = 0
+    st.record_verdict(cid, ann1, "accept")
+    st.record_verdict(cid, ann2, "accept", mask=other)
+    rows = st.agreement(cid, ann1)
+    assert len(rows) == 1, rows  # keyed by name, the second verdict would have replaced the first
+    assert {rows[0]["reviewer_a"], rows[0]["reviewer_b"]} == {"Ann Lee (idp|111)", "Ann Lee (idp|222)"}
+    assert rows[0]["disagreement_px"] == int((ref != other).sum())
+
+
 def _session_with_verdicts(db):
     st = db.open()
     sid = st.create_session("s", "Dr A", "v1")

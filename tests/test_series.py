@@ -220,3 +220,26 @@ def test_a_real_single_file_is_a_one_image_series(pydicom_files):
     ipp = [float(v) for v in ds.ImagePositionPatient]
     np.testing.assert_allclose(scan.affine @ [0, 0, 0, 1], [-ipp[0], -ipp[1], ipp[2], 1], atol=1e-4)
     assert str(ds.PatientName) not in repr(scan.metadata)
+
+
+def test_a_correction_of_one_series_in_a_two_series_zip_reopens_that_series(tmp_path):
+    """The workspace keeps which series was corrected, so fine-tuning can load it (the zip alone is ambiguous)."""
+    from segcore.series import series_zip
+    from segcore.store import Workspace
+
+    a = write_series(volume(4, seed=1), description="CT thorax")
+    b = write_series(volume(3, seed=2), description="CT abdomen")
+    data = series_zip(a + b)
+    with pytest.raises(SeriesChoiceError) as err:
+        load_scan(data, "two.zip")
+    uid = next(i.uid for i in err.value.series if i.description == "CT abdomen")
+    chosen = load_zip(data, "two.zip", series_uid=uid)
+    mask = np.zeros(chosen.pixels.shape[1:], np.uint8)
+    mask[2:5, 3:7] = 1
+    ws = Workspace(tmp_path, default_model_dir=None)
+    c = ws.save_correction(data, "two.zip", mask, author="Dr T", model_version="v1", source="refined",
+                           slice_index=1, series_uid=uid)
+    assert ws.list_corrections()[0].series_uid == uid
+    image, back = ws.load_correction(c.id)
+    np.testing.assert_array_equal(image, chosen.pixels[1])
+    np.testing.assert_array_equal(back, mask)

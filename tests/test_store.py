@@ -113,6 +113,14 @@ def test_model_versions_promote_and_rollback(tmp_path, root):
         ws.promote("v2", actor="Dr A")
     ws.activate("v1", actor="Dr A")  # rollback
     assert Workspace(tmp_path, default_model_dir=default).active_version() == "v1"
+    # a gate decided against v1 is not applied once another admin has activated something else meanwhile
+    decision = ws.gate("v3")
+    assert decision.passed and decision.baseline_version == "v1"
+    ws.activate("v2", actor="Dr B")
+    with pytest.raises(ValueError, match="v2 became active while v3 was being checked against v1"):
+        ws.activate("v3", actor="Dr A", expected_active=decision.baseline_version)
+    assert ws.active_version() == "v2"
+    ws.activate("v1", actor="Dr A")
     with pytest.raises(ValueError, match="Unknown model version 'v9'"):
         ws.activate("v9", actor="Dr A")
 
@@ -293,5 +301,15 @@ def test_instance_corrections_round_trip_and_versions_are_gated(tmp_path, root):
     assert better != worse
     with pytest.raises(PermissionDenied, match="admin"):
         iws.promote(better, actor=reviewer)
+    also = iws.add_version(model, ap50_before=0.5, ap50_after=0.7, trained_on=[rec.id], actor="admin")
     iws.promote(better, actor="admin")
     assert iws.active_version() == better and (iws.model_dir() / "config.json").is_file()
+    assert iws._registry()["history"][-1]["active"] == better and iws._registry()["history"][-1]["by"] == "admin"
+    # a candidate compared with a parent that is no longer active is stale: it is not promoted
+    with pytest.raises(ValueError, match="is active now"):
+        iws.promote(also, actor="admin")
+    # a corrupt record does not hide the others
+    bad = iws.dir / "20260101T000000000000-deadbeef00"
+    bad.mkdir()
+    (bad / "meta.json").write_text("{not json")
+    assert [r.id for r in iws.list()] == [rec.id]

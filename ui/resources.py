@@ -9,10 +9,12 @@ a key, because it never changes what is computed.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 
 from segcore.io import Scan
@@ -85,6 +87,12 @@ def model_card(version: str) -> dict:
 
 def refine_key(cfg: RefineConfig) -> str:
     return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+
+
+def digest(*parts) -> str:
+    """12 hex characters naming a combination of values (model version, settings) in widget keys."""
+    text = "|".join(refine_key(p) if isinstance(p, RefineConfig) else str(p) for p in parts)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _refine_from_key(key: str) -> RefineConfig:
@@ -185,8 +193,16 @@ def whole_volume(scan_key: str, scan: Scan, version: str, refine: RefineConfig, 
     return result
 
 
+def seg_bytes(scan_key: str, labels, scan: Scan, class_names: tuple, version: str, corrected: bool = False) -> bytes:
+    """A DICOM SEG of ``labels`` (cached by their content, so a new fill or run is never served stale)."""
+    lab = np.ascontiguousarray(labels)
+    content = hashlib.sha256(lab.tobytes() + repr(lab.shape).encode()).hexdigest()
+    return _seg_bytes(scan_key, content, lab, scan, class_names, version, corrected)
+
+
 @st.cache_data(max_entries=2, show_spinner="Writing the DICOM SEG…")
-def seg_bytes(scan_key: str, _labels, _scan: Scan, class_names: tuple, version: str, corrected: bool = False) -> bytes:
+def _seg_bytes(scan_key: str, labels_sha256: str, _labels, _scan: Scan, class_names: tuple, version: str,
+               corrected: bool) -> bytes:
     from segcore.dicomseg import write_seg
 
     return write_seg(_labels, _scan, class_names, version, corrected)

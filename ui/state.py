@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 
 import streamlit as st
 
@@ -28,6 +29,19 @@ class CurrentScan:
     window: WindowChoice = dataclasses.field(default_factory=WindowChoice)
     is_phantom_sample: bool = False
     series_uid: str | None = None
+
+    @property
+    def scan_key(self) -> str:
+        """What identifies the scan on screen: the upload's hash, plus the series picked from a multi-series zip.
+
+        Use it for every cache and per-scan state; ``key`` only finds the uploaded bytes.
+        """
+        return f"{self.key}:{self.series_uid}" if self.series_uid else self.key
+
+    @property
+    def short(self) -> str:
+        """12 characters naming ``scan_key`` in widget keys."""
+        return hashlib.sha256(self.scan_key.encode()).hexdigest()[:12] if self.series_uid else self.key[:12]
 
     def describe(self) -> str:
         where = f" · slice {self.slice_index}" if self.slice_index is not None else ""
