@@ -247,7 +247,6 @@ def test_recomputed_chain_without_the_key_is_detected(db):
 
 
 def test_audit_key_file_is_private_and_outside_the_database(tmp_path, monkeypatch):
-    import os
     import stat
 
     monkeypatch.delenv("SEGCORE_AUDIT_KEY", raising=False)
