@@ -10,6 +10,9 @@ Measured, each as a median over several tries on one server:
 * sample switch, view switch, display-window preset, refinement slider (closing kernel), CRF iterations +1,
   6 keyboard steps of a slider (each step is a rerun): from the action until the figure shows the change and
   the app is idle;
+* Smart click on Correct (the app's interactive tool, when the app has it): from the mouse click inside the
+  lesion until the caption counts the click and the script is idle (the overlay is redrawn in the same rerun),
+  for the first and a second click, each try in a new browser session;
 * the CRF step time the app reports under the figure vs the library's ``dense_crf`` on the same 512x512 slice
   with the same parameters, measured in this process in the same run (ratio).
 
@@ -113,6 +116,51 @@ def wait_caption(page, pattern: str, old: str | None, timeout=120_000):
         arg=[pattern, old], timeout=timeout)
     page.wait_for_timeout(30)
     page.wait_for_function(IDLE, timeout=timeout)
+
+
+def lesion_points() -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    """Two points inside the largest lesion of the demo DICOM (its interior-most pixel and a second interior pixel
+    away from it), and the image shape."""
+    from segcore.io import load_scan
+    from segcore.models import load_model
+    from segcore.pipeline import segment
+
+    scan = load_scan(ROOT / "sample_data" / "demo" / "phantom_ct_512.dcm")
+    seg = segment(scan, *load_model(ROOT / "sample_data" / "models" / "default"))
+    n, comp, stats, _ = cv2.connectedComponentsWithStats((seg.refined == 2).astype(np.uint8))
+    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    dist = cv2.distanceTransform((comp == k).astype(np.uint8), cv2.DIST_L2, 5)
+    first = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    rr, cc = np.nonzero(dist >= max(2.0, dist.max() / 3))
+    far = int(np.argmax((rr - first[0]) ** 2 + (cc - first[1]) ** 2))
+    return (int(first[0]), int(first[1])), (int(rr[far]), int(cc[far])), scan.pixels.shape[-2:]
+
+
+def smart_click_samples(b, url: str, n: int) -> dict[str, list[float]]:
+    """Time Smart click round trips on Correct: first and second click, each try in a new session."""
+    (r1, c1), (r2, c2), (h, w) = lesion_points()
+    out = {"smart_click_first": [], "smart_click_second": []}
+    for _ in range(n):
+        ctx = b.new_context(viewport={"width": 1400, "height": 1000})
+        pg = ctx.new_page()
+        pg.goto(url + "/?reviewer=Bench")
+        wait_figure(pg)
+        pg.get_by_role("link", name="Correct").first.click()
+        pg.get_by_role("heading", name="Correct").wait_for(timeout=60_000)
+        pg.wait_for_function(IDLE, timeout=120_000)
+        fig = pg.locator(".js-plotly-plot").first
+        fig.wait_for(timeout=60_000)
+        fig.scroll_into_view_if_needed()
+        for key, (r, c), count in (("smart_click_first", (r1, c1), "1 click"),
+                                   ("smart_click_second", (r2, c2), "2 clicks")):
+            bb = fig.locator(".nsewdrag").first.bounding_box()
+            x, y = bb["x"] + (c + 0.5) / w * bb["width"], bb["y"] + (r + 0.5) / h * bb["height"]
+            out[key].append(timed_action(
+                pg, lambda: pg.mouse.click(x, y),
+                lambda: (pg.get_by_text(re.compile(f"^{count} on this object")).wait_for(timeout=60_000),
+                         pg.wait_for_function(IDLE, timeout=120_000))))
+        ctx.close()
+    return out
 
 
 def library_crf_ms(repeats=7) -> tuple[float, dict]:
@@ -246,6 +294,9 @@ def main():
                 page.wait_for_timeout(30)
                 page.wait_for_function(IDLE, timeout=120_000)
                 samples["slider_6_keyboard_steps"].append(time.perf_counter() - t0)
+
+            if (app_dir / "segcore" / "interactive").is_dir():  # apps before the tool have nothing to time
+                samples.update(smart_click_samples(b, url, n))
 
             page.get_by_text("Upload", exact=True).first.click()
             page.wait_for_function(IDLE, timeout=60_000)

@@ -203,7 +203,9 @@ def main():
                 ("display-window preset", "window_preset_s_median", None),
                 ("refinement slider (closing kernel)", "refine_slider_s_median", 1.0),
                 ("CRF iterations +1", "crf_iterations_plus1_s_median", 1.0),
-                ("6 keyboard steps of a slider", "slider_6_keyboard_steps_s_median", None)]
+                ("6 keyboard steps of a slider", "slider_6_keyboard_steps_s_median", None),
+                ("Smart click on Correct: first click → outline drawn", "smart_click_first_s_median", 0.7),
+                ("Smart click: second click → outline redrawn", "smart_click_second_s_median", 0.7)]
         head = f"| action | after ({app.get('git', 'this checkout')}) |"
         if before:
             head += f" before ({before.get('git', '')}) | after / before |"

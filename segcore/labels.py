@@ -7,6 +7,7 @@ store, the workspace and the app read masks through this module.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import cv2
@@ -33,6 +34,17 @@ def png_bytes(arr: np.ndarray) -> bytes:
     if not ok:
         raise ValueError(f"Could not encode an array of shape {a.shape} as PNG.")
     return buf.tobytes()
+
+
+def content_digest(labels: np.ndarray) -> str:
+    """SHA-256 of a label map's values, dtype and shape (a cache key that changes whenever the mask does).
+
+    >>> a = np.zeros((2, 3), np.uint8)
+    >>> content_digest(a) == content_digest(a.copy()), content_digest(a) == content_digest(a.reshape(3, 2))
+    (True, False)
+    """
+    arr = np.ascontiguousarray(labels)
+    return hashlib.sha256(arr.tobytes() + f"{arr.dtype.str}{arr.shape}".encode()).hexdigest()
 
 
 def decode_png(data: bytes) -> np.ndarray:

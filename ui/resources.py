@@ -14,7 +14,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
 
 from segcore.io import Scan
@@ -195,9 +194,9 @@ def whole_volume(scan_key: str, scan: Scan, version: str, refine: RefineConfig, 
 
 def seg_bytes(scan_key: str, labels, scan: Scan, class_names: tuple, version: str, corrected: bool = False) -> bytes:
     """A DICOM SEG of ``labels`` (cached by their content, so a new fill or run is never served stale)."""
-    lab = np.ascontiguousarray(labels)
-    content = hashlib.sha256(lab.tobytes() + repr(lab.shape).encode()).hexdigest()
-    return _seg_bytes(scan_key, content, lab, scan, class_names, version, corrected)
+    from segcore.labels import content_digest
+
+    return _seg_bytes(scan_key, content_digest(labels), labels, scan, class_names, version, corrected)
 
 
 @st.cache_data(max_entries=2, show_spinner="Writing the DICOM SEG…")
