@@ -15,6 +15,7 @@ float32; label maps ``H,W`` uint8. What the CRF sees is defined by the model's n
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
@@ -245,7 +246,8 @@ class VolumeSegmentation:
 
 def segment_volume(scan: Scan, model, config, refine: RefineConfig | bool | None = None,
                    progress: Callable[[float, str], Any] | None = None, *, volume_refine: Any = None,
-                   batch_size: int = 8, keep_probs: bool = True) -> VolumeSegmentation:
+                   batch_size: int = 8, keep_probs: bool = True,
+                   refine_workers: int | None = None) -> VolumeSegmentation:
     """Segment every axial slice of a volume, refine each slice, then refine in 3-D.
 
     Slices go through the model in batches (:func:`segcore.infer.predict_batch`), each slice is refined with
@@ -271,12 +273,18 @@ def segment_volume(scan: Scan, model, config, refine: RefineConfig | bool | None
         Slices per model call.
     keep_probs : bool
         Keep the ``D,H,W,K`` float16 probabilities.
+    refine_workers : int, optional
+        Threads refining the slices of a batch at once (default: the CPU count, at most 4). Results do not
+        depend on it.
     """
     from .infer import entropy, predict_batch
     from .volume import VolumeRefineConfig, refine_volume
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1. Got {batch_size}.")
+    refine_workers = refine_workers if refine_workers is not None else min(4, os.cpu_count() or 1)
+    if refine_workers < 1:
+        raise ValueError(f"refine_workers must be >= 1. Got {refine_workers}.")
     if refine is True or refine is None:
         refine = RefineConfig()
     elif refine is False:
@@ -300,19 +308,23 @@ def segment_volume(scan: Scan, model, config, refine: RefineConfig | bool | None
     steps: dict[str, float] = {}
     t_start = time.perf_counter()
 
+    def _refine_one(z: int, p: np.ndarray) -> dict[str, float]:
+        pred = Prediction(probs=p, image=pixels[z], model_version=version, slice_index=z, spacing=spacing2d,
+                          timings={})
+        seg = refine_prediction(pred, config, refine)
+        raw[z] = seg.raw  # each slice writes only its own rows: no two threads share an element
+        refined[z] = seg.refined
+        ent[z] = float(entropy(p).mean())
+        if probs_out is not None:
+            probs_out[z] = p
+        return seg.timings
+
     def _refine_batch(idx: range, batch: list[np.ndarray]) -> None:
         nonlocal t_ref
         t0 = time.perf_counter()
-        for z, p in zip(idx, batch):
-            pred = Prediction(probs=p, image=pixels[z], model_version=version, slice_index=z, spacing=spacing2d,
-                              timings={})
-            seg = refine_prediction(pred, config, refine)
-            raw[z] = seg.raw
-            refined[z] = seg.refined
-            ent[z] = float(entropy(p).mean())
-            if probs_out is not None:
-                probs_out[z] = p
-            for name, ms in seg.timings.items():
+        # slices are independent: the CRF's array work (OpenCV, NumPy) releases the GIL, so threads share cores
+        for timings in refiners.map(_refine_one, idx, batch):
+            for name, ms in timings.items():
                 steps[name] = steps.get(name, 0.0) + ms
         t_ref += time.perf_counter() - t0
 
@@ -329,7 +341,7 @@ def segment_volume(scan: Scan, model, config, refine: RefineConfig | bool | None
         return out, time.perf_counter() - t0
 
     # the model works on the next batch (TensorFlow releases the GIL) while this one is refined
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    with ThreadPoolExecutor(max_workers=1) as pool, ThreadPoolExecutor(max_workers=refine_workers) as refiners:
         pending = pool.submit(run_model, batches[0])
         for b, idx in enumerate(batches):
             batch, secs = pending.result()

@@ -35,6 +35,15 @@ def test_segment_volume_matches_segment_per_slice(model_and_config):
         np.testing.assert_array_equal(seg.raw[z], one.raw)
         np.testing.assert_array_equal(seg.refined[z], one.refined)
         np.testing.assert_allclose(seg.probs[z].astype(np.float32), one.probs, atol=1e-3)
+    # slices refined in parallel threads give the same volumes as one at a time
+    one_thread = segment_volume(scan, model, config, batch_size=2, volume_refine=False, refine_workers=1)
+    three = segment_volume(scan, model, config, batch_size=4, volume_refine=False, refine_workers=3)
+    for other in (one_thread, three):
+        np.testing.assert_array_equal(other.raw, seg.raw)
+        np.testing.assert_array_equal(other.refined, seg.refined)
+        np.testing.assert_array_equal(other.slice_entropy, seg.slice_entropy)
+    with pytest.raises(ValueError, match="refine_workers must be >= 1"):
+        segment_volume(scan, model, config, refine_workers=0)
     fractions = [f for f, _ in calls]
     assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
     # the default 3-D steps run after the slices, on the per-slice result
