@@ -61,8 +61,13 @@ def evaluate(fn, objects) -> dict:
     from segcore.interactive import noc
 
     rows = [session(fn, image, gt) for image, gt, _ in objects]
-    at = lambda r, k: r["ious"][min(k, len(r["ious"])) - 1]  # noqa: E731
-    mean = lambda v: round(float(np.mean(v)), 4)  # noqa: E731
+
+    def at(r, k):
+        return r["ious"][min(k, len(r["ious"])) - 1]
+
+    def mean(v):
+        return round(float(np.mean(v)), 4)
+
     return {"n_objects": len(rows),
             "noc85": mean([noc(r["ious"], 0.85, MAX_CLICKS) for r in rows]),
             "noc90": mean([noc(r["ious"], 0.9, MAX_CLICKS) for r in rows]),
