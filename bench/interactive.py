@@ -151,6 +151,27 @@ def timing(model, shared: Path, repeats: int):
     return out
 
 
+def compare_models(specs, settings, sets) -> dict:
+    """Other model folders (``LABEL=FOLDER``) with optional inference settings, on the same objects."""
+    import dataclasses
+
+    from segcore.interactive import ClickModel, segment
+
+    overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in settings)}
+    out = {}
+    for spec in specs:
+        label, folder = spec.split("=", 1)
+        m = ClickModel.load(folder)
+        m.config = dataclasses.replace(m.config, **overrides)
+        out[label] = {"folder": folder, "settings": overrides, "results": {}}
+        for name, objs in sets.items():
+            r = evaluate_method(lambda im, c, m=m, **kw: segment(im, c, model=m, **kw), objs)
+            out[label]["results"][name] = {k: v for k, v in r.items() if k != "per_object"}
+            print(label, name, json.dumps({k: r[k] for k in ("noc85", "noc90", "iou_1_click", "iou_5_clicks")}),
+                  flush=True)
+    return out
+
+
 def targets(res):
     net, gc = res["network"], res["grabcut"]
     t = {}
@@ -177,6 +198,11 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "interactive.json"))
     ap.add_argument("--part", choices=("all", "quality", "timing"), default="all",
                     help="quality: the click sessions only (untimed); timing: only the timing, merged into --out")
+    ap.add_argument("--compare", action="append", default=[], metavar="LABEL=FOLDER",
+                    help="also evaluate this model folder on the same objects (e.g. the previous model, extracted "
+                         "from git history), recorded under compare/LABEL")
+    ap.add_argument("--compare-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="InteractiveConfig inference setting for the --compare models (e.g. click_snap_radius=0)")
     ap.add_argument("--write-card", action="store_true",
                     help="also write the measured metrics into the model's MODEL_CARD.md and config.json")
     args = ap.parse_args(argv)
@@ -198,6 +224,8 @@ def main(argv=None):
         res["brush"][name] = evaluate_brush(objs)
         print(name, json.dumps({m: {k: res[m][name][k] for k in ("noc85", "noc90", "iou_1_click", "iou_5_clicks")}
                                 for m in ("network", "grabcut")}), f"{time.perf_counter() - t0:.0f} s", flush=True)
+    if args.compare and sets:
+        res["compare"] = compare_models(args.compare, args.compare_set, sets)
     res["timing"] = timing(model, SHARED, args.repeats) if args.part != "quality" else None
     res["targets"] = targets(res)
     res["command"] = ("flock /tmp/segcore-cpu.lock .venv/bin/python bench/interactive.py (or --part quality, then "

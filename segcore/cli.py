@@ -185,8 +185,14 @@ def _cmd_train_interactive(args) -> int:
     from .interactive.card import write_card
     from .interactive.train import TrainSettings, train_interactive
 
+    overrides = {k: v for k, v in (("click_radius", args.click_radius), ("min_side", args.min_side),
+                                   ("max_expansions", args.max_expansions)) if v is not None}
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
-                             max_sim_rounds=args.sim_rounds, init=args.init)
+                             max_sim_rounds=args.sim_rounds, init=args.init, large_synth_scenes=args.large_synth,
+                             large_phantoms=args.large_phantoms, boundary_weight=args.boundary_weight,
+                             config_overrides=overrides)
+    if args.source_weights:
+        settings.source_weights = json.loads(args.source_weights)
     model = train_interactive(args.out, settings, shared_data=args.shared_data)
     write_card(args.out, model.config)
     print(json.dumps({k: v for k, v in model.config.training.items() if k != "history"}, indent=1))
@@ -405,6 +411,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sim-rounds", type=int, default=3, help="most simulator rounds per batch (uniform above 3)")
     p.add_argument("--init", default=None, help="continue from this interactive model folder (fine-tuning stage)")
+    p.add_argument("--large-synth", type=int, default=0, help="synthetic scenes upsampled 2x (large objects)")
+    p.add_argument("--large-phantoms", type=int, default=0, help="phantoms generated at 512x512 (large lesions)")
+    p.add_argument("--boundary-weight", type=float, default=0.0, help="extra BCE weight near object borders")
+    p.add_argument("--source-weights", default=None, help='JSON, e.g. {"synth": 0.3, "stardist": 0.3, ...}')
+    p.add_argument("--click-radius", type=float, default=None, help="click disk radius, network px (new encoding)")
+    p.add_argument("--min-side", type=float, default=None, help="one-click window side, image px")
+    p.add_argument("--max-expansions", type=int, default=None, help="window re-framings per call")
     p.set_defaults(func=_cmd_train_interactive)
 
     p = sub.add_parser("finetune", help="fine-tune the active model on saved corrections as a background job")

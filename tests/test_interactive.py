@@ -131,6 +131,61 @@ def test_click_session_and_brush_baseline():
     assert b["dabs"] is not None and b["ious"][-1] >= 0.9 and b["painted_px"] >= 0.9 * gt.sum()
 
 
+# ---------------------------------------------------------------- post-processing and training helpers (no model)
+
+
+def _snap_reference(mask, prob, click, radius, threshold):
+    """Brute force: the pixels within ``radius`` on the click's side of its own probability, 8-connected to it."""
+    r, c, pos = click
+    if mask[r, c] == pos:
+        return mask.copy()
+    q = prob[r, c]
+    yy, xx = np.mgrid[0:mask.shape[0], 0:mask.shape[1]]
+    near = (yy - r) ** 2 + (xx - c) ** 2 <= radius ** 2
+    side = prob >= min(q, threshold) if pos else prob <= max(q, threshold)
+    cand = near & side
+    cand[r, c] = True
+    lab, _ = ndimage.label(cand, structure=np.ones((3, 3)))
+    out = mask.copy()
+    out[lab == lab[r, c]] = pos
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_click_snap_matches_brute_force_and_puts_every_click_on_its_side(seed):
+    from segcore.interactive.segment import _snap_clicks
+
+    rng = np.random.default_rng(seed)
+    prob = ndimage.gaussian_filter(rng.random((40, 50)), 3).astype(np.float32)
+    prob = (prob - prob.min()) / np.ptp(prob)
+    mask = prob >= 0.5
+    pos_px = np.argwhere(~mask)[rng.integers((~mask).sum())]
+    neg_px = np.argwhere(mask)[rng.integers(mask.sum())]
+    for click in ((int(pos_px[0]), int(pos_px[1]), True), (int(neg_px[0]), int(neg_px[1]), False)):
+        got = _snap_clicks(mask, prob, (0, 0, 40, 50), [click], 6.0, 0.5)
+        ref = _snap_reference(mask, prob, click, 6.0, 0.5)
+        np.testing.assert_array_equal(got, ref)
+        assert got[click[0], click[1]] == click[2]
+        far = np.hypot(*np.mgrid[0:40, 0:50] - np.array(click[:2])[:, None, None]) > 6.5
+        np.testing.assert_array_equal(got[far], mask[far])  # nothing changes beyond the radius
+    # a block covering part of the image: coordinates are offset, clicks outside the block are left alone
+    sub = _snap_clicks(mask, prob[5:35, 10:45], (5, 10, 35, 45), [(0, 0, not mask[0, 0])], 6.0, 0.5)
+    np.testing.assert_array_equal(sub, mask)
+
+
+def test_boundary_weights_mark_a_band_around_the_border():
+    from segcore.interactive.train import boundary_weights
+
+    gt = np.zeros((2, 32, 32), bool)
+    gt[0, 8:24, 10:20] = True
+    gt[0, 0:5, 28:32] = True  # touches the array's edge: no border there
+    w = boundary_weights(gt, 3.0, width=2)
+    dist = np.where(gt[0], ndimage.distance_transform_edt(gt[0]), ndimage.distance_transform_edt(~gt[0]))
+    np.testing.assert_array_equal(w[0] == 4.0, dist <= 2)
+    assert w[0, 0, 31] == 1.0 and w[0, 4, 31] == 4.0
+    assert set(np.unique(w[0]).tolist()) == {1.0, 4.0} and (w[1] == 1.0).all()  # empty mask: no border
+
+
 # ---------------------------------------------------------------- prompt checks (no model needed)
 
 
@@ -214,6 +269,32 @@ def test_negative_click_removes_a_leaked_region(model):
     assert coverage[0] <= 0.4  # one negative click removes most of the leak
     assert coverage[1] <= 0.1  # a second one the rest
     assert (mask & a).sum() >= 0.95 * a.sum()  # and the clicked lobe stays
+
+
+def test_one_click_on_an_object_larger_than_the_first_window(model):
+    """A 110 px disk fills the one-click window: the window is re-framed to the predicted object."""
+    rng = np.random.default_rng(5)
+    img = rng.normal(0, 10, (300, 320)).astype(np.float32)
+    obj = np.zeros(img.shape, np.uint8)
+    cv2.circle(obj, (170, 140), 55, 1, -1)
+    obj = obj.astype(bool)
+    img[obj] += 80
+    img = cv2.GaussianBlur(img, (0, 0), 1.0)
+    click = next_click(obj, None)
+    assert iou(segment(img, [click], model=model), obj) >= 0.85
+
+
+def test_every_simulated_click_ends_on_its_own_side(model):
+    img, ell, a, b = _scene(seed=2)
+    for gt in (ell, a | b):
+        clicks, mask = [], None
+        for _ in range(6):
+            click = next_click(gt, mask)
+            if click is None:
+                break
+            clicks.append(click)
+            mask = segment(img, clicks, previous=mask, model=model)
+            assert mask[click[0], click[1]] == click[2]
 
 
 def test_segment_is_deterministic_and_does_not_mutate_inputs(model):

@@ -11,6 +11,13 @@
 * phantom lesions: connected lesion components (label 2) of ``sample_data/phantom/test``
   (seeds disjoint from the phantoms generated for training).
 
+Validation objects (:func:`validation_objects`), for choosing inference settings and
+deciding whether a retrained model ships, never overlap the test objects: lesions of
+``sample_data/phantom/val``; nuclei lying entirely in the stardist training sub-volume
+(``x < STARDIST_SPLIT_X``; seen in training, so they measure fit to the annotation
+convention, not generalisation); fresh synthetic scenes and 512x512 phantoms (large
+lesions) with seeds that no training run uses.
+
 Every object is ``(image, mask, meta)``: raw pixel values (float32 ``H,W``, as stored),
 a boolean ``H,W`` mask and a small dict saying where it came from.
 """
@@ -22,7 +29,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["STARDIST_SPLIT_X", "stardist_split", "radiomics_objects", "phantom_lesion_objects", "components"]
+__all__ = ["STARDIST_SPLIT_X", "stardist_split", "radiomics_objects", "phantom_lesion_objects", "components",
+           "validation_objects"]
+
+VALIDATION_SEEDS = {"synth": 9_900_000, "phantom512": 9_500_000}  # training uses 5e6-8.2e6; samples 2.026e8+
 
 STARDIST_SPLIT_X = 28
 
@@ -88,3 +98,54 @@ def phantom_lesion_objects(folder: str | Path, *, min_area: int = 10):
         for k, m in enumerate(components(labels == 2, min_area)):
             out.append((image, m, {"source": "phantom", "file": p.name, "component": k, "area": int(m.sum())}))
     return out
+
+
+def stardist_train_nuclei(root: str | Path, *, min_area: int = 30):
+    """z cross-sections of the nuclei lying entirely at ``x < STARDIST_SPLIT_X`` (the training side), in full slices."""
+    import tifffile
+
+    root = Path(root)
+    img = tifffile.imread(root / "img3d.tif").astype(np.float32)
+    ids = tifffile.imread(root / "mask3d.tif").astype(np.int32)
+    labels = [int(i) for i in np.unique(ids) if i > 0]
+    inside = sorted(i for i in labels if int(np.nonzero(ids == i)[2].max()) < STARDIST_SPLIT_X)
+    out = []
+    for z in range(img.shape[0]):
+        for i in inside:
+            m = ids[z] == i
+            if m.sum() >= min_area:
+                out.append((img[z], m, {"source": "stardist_train", "z": z, "nucleus": i, "area": int(m.sum())}))
+    return out
+
+
+def validation_objects(root: str | Path, shared: str | Path | None, *, n_nuclei: int = 80, n_synth: int = 60,
+                       n_large: int = 30) -> dict[str, list]:
+    """Validation sets ``{name: [(image, mask, meta), ...]}`` (see the module docstring); deterministic.
+
+    ``root`` is the repository (for ``sample_data/phantom/val``), ``shared`` the data folder with
+    ``stardist/`` (skipped when absent).
+    """
+    from ..phantom import make_phantom
+    from .synth import make_scene
+
+    sets = {"phantom_val": phantom_lesion_objects(Path(root) / "sample_data" / "phantom" / "val")}
+    if shared is not None and (Path(shared) / "stardist" / "img3d.tif").is_file():
+        nuc = stardist_train_nuclei(Path(shared) / "stardist")
+        sets["nuclei_trainvol"] = nuc[:: max(1, len(nuc) // n_nuclei)][:n_nuclei]
+    synth: list = []
+    seed = VALIDATION_SEEDS["synth"]
+    while len(synth) < n_synth:
+        img, ids = make_scene(seed)
+        synth += [(img, ids == i, {"source": "synth", "seed": seed, "id": i, "area": int((ids == i).sum())})
+                  for i in range(1, int(ids.max()) + 1) if (ids == i).sum() >= 30]
+        seed += 1
+    sets["synth_fresh"] = synth[:n_synth]
+    large: list = []
+    seed = VALIDATION_SEEDS["phantom512"]
+    while len(large) < n_large:
+        img, lab = make_phantom(seed, size=512)
+        large += [(img + 1024.0, m, {"source": "phantom512", "seed": seed, "component": k, "area": int(m.sum())})
+                  for k, m in enumerate(components(lab == 2, 200))]
+        seed += 1
+    sets["phantom512_fresh"] = large[:n_large]
+    return sets

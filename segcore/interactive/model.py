@@ -37,7 +37,11 @@ class InteractiveConfig:
     edge; ``threshold``: probability cut; ``keep_clicked_components``: drop predicted
     components that hold no positive click (when there are positive clicks);
     ``click_force_radius``: pixels within this many image pixels of a click take the
-    click's side (0: only the network decides).
+    click's side (0: only the network decides); ``click_snap_radius``: a click whose pixel
+    ended on the wrong side moves the threshold to its own probability within this many
+    image pixels (0: off); ``reframe``: re-predict in the window framing the predicted
+    object when that window is more than ``1 + reframe`` times larger (an object that
+    fills the one-click window; 0: only when it touches the window's edge).
     """
 
     net_size: int = 128
@@ -50,6 +54,8 @@ class InteractiveConfig:
     threshold: float = 0.5
     keep_clicked_components: bool = True
     click_force_radius: float = 0.0
+    click_snap_radius: float = 12.0
+    reframe: float = 0.2
     filters: tuple[int, ...] = (16, 32, 64, 128)
     version: str = "v1"
     metrics: dict = dataclasses.field(default_factory=dict)

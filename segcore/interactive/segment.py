@@ -10,10 +10,15 @@ the last call for the same object. The result is a new boolean ``H,W`` mask
 
 Sequence: frame the prompt in a window (:func:`~segcore.interactive.geometry.window_for_prompt`),
 encode it (:func:`~segcore.interactive.encode.encode`), predict, and paste the
-probabilities back; when the object reaches the window's edge inside the image
-the window is enlarged and the prediction repeated (at most ``max_expansions``
-times). With positive clicks, predicted parts holding none of them are dropped;
-with a box, the mask is clipped to the box.
+probabilities back. When the predicted object reaches the window's edge inside the
+image, or the window that would frame it with its context margin is more than
+``1 + reframe`` times larger (an object that fills the one-click window), the window
+grows (at least 1.5x) and the prediction is repeated, at most ``max_expansions``
+times. With a box, the mask is clipped to the box. Every click then ends on its own
+side: a click whose pixel the threshold put on the wrong side moves the threshold, within
+``click_snap_radius`` pixels of it, to the click's own probability (the boundary moves
+along the network's probability contours to pass through the click). With positive
+clicks, predicted parts holding none of them are dropped.
 """
 
 from __future__ import annotations
@@ -120,6 +125,31 @@ def _keep_clicked(mask: np.ndarray, clicks: Sequence[tuple[float, float, bool]])
     return np.isin(lab, sorted(keep))
 
 
+def _snap_clicks(mask, block, bounds, clicks, radius, threshold):
+    """Make every click's pixel take its side by moving the threshold locally to the click's own probability.
+
+    For a positive click on a pixel below the threshold, the pixels within ``radius`` of it that the network
+    rates at least as likely object (and connected to it) join the mask; for a negative click on a pixel above
+    it, those rated at most as likely leave it. Later clicks win. Clicks outside the predicted block are left.
+    """
+    r0, c0, r1, c1 = bounds
+    out = mask.copy()
+    for r, c, pos in clicks:
+        ri, ci = round(r), round(c)
+        if out[ri, ci] == pos or not (r0 <= ri < r1 and c0 <= ci < c1):
+            continue
+        q = float(block[ri - r0, ci - c0])
+        near = disk(out.shape, (ri, ci), radius)[r0:r1, c0:c1]
+        side = (block >= min(q, threshold)) if pos else (block <= max(q, threshold))
+        cand = (near & side).astype(np.uint8)
+        cand[ri - r0, ci - c0] = 1
+        _, lab = cv2.connectedComponents(cand, connectivity=8)
+        region = lab == lab[ri - r0, ci - c0]
+        sub = out[r0:r1, c0:c1]
+        sub[region] = pos
+    return out
+
+
 def _predict_window(model: ClickModel, image, window: Window, clicks, box, previous):
     cfg = model.config
     x = encode(image, window, clicks, box=box, previous=previous, click_radius=cfg.click_radius,
@@ -171,13 +201,17 @@ def segment(
     block, bounds = _predict_window(model, img, window, clicks, box, previous)
     for _ in range(cfg.max_expansions if box is None else 0):
         fg = block >= cfg.threshold
-        if not _touches_inner_edge(fg, bounds, img.shape) or window.side >= 2 * max(img.shape):
+        touches = _touches_inner_edge(fg, bounds, img.shape)
+        if window.side >= 2 * max(img.shape) or not (touches or cfg.reframe > 0):
             break
         full = np.zeros(img.shape, bool)
         full[bounds[0]:bounds[2], bounds[1]:bounds[3]] = fg
+        full = _keep_clicked(full, clicks)
         grown = window_for_prompt(img.shape, points, box=box, previous=full, size=cfg.net_size,
                                   min_side=cfg.min_side, margin=cfg.margin)
-        side = max(grown.side, 1.5 * window.side)
+        if not touches and not (cfg.reframe > 0 and grown.side > (1.0 + cfg.reframe) * window.side):
+            break  # the object lies inside the window with its context margin
+        side = max(grown.side, 1.5 * window.side)  # a truncated object is larger than it looks: grow fast
         window = Window(grown.center_r, grown.center_c, min(side, 2.0 * max(img.shape)), cfg.net_size)
         block, bounds = _predict_window(model, img, window, clicks, box, previous)
     out = previous.copy() if previous is not None else np.zeros(img.shape, bool)
@@ -187,6 +221,8 @@ def segment(
         inside = np.zeros_like(out)
         inside[int(np.ceil(box[0])):int(np.floor(box[2])) + 1, int(np.ceil(box[1])):int(np.floor(box[3])) + 1] = True
         out &= inside
+    if cfg.click_snap_radius > 0:
+        out = _snap_clicks(out, block, bounds, clicks, cfg.click_snap_radius, cfg.threshold)
     if cfg.click_force_radius > 0:
         for r, c, pos in clicks:  # later clicks win over earlier ones
             out[disk(out.shape, (r, c), cfg.click_force_radius)] = pos

@@ -30,6 +30,7 @@ import numpy as np
 from .encode import click_maps, encode
 from .geometry import Window, crop, mask_bbox, window_for_prompt
 from .model import ClickModel, InteractiveConfig, build_click_unet
+from .segment import _snap_clicks
 from .simulate import next_click
 
 __all__ = ["TrainSettings", "build_pool", "train_interactive"]
@@ -49,6 +50,10 @@ class TrainSettings:
     init: str | None = None  # continue from this model folder's weights (a second, fine-tuning stage)
     source_weights: dict = dataclasses.field(
         default_factory=lambda: {"synth": 0.45, "phantom": 0.2, "instances": 0.1, "stardist": 0.25})
+    large_synth_scenes: int = 0  # synthetic scenes upsampled 2x (objects up to ~90 px radius)
+    large_phantoms: int = 0  # phantoms generated at 512x512 (lesions and organ twice as large)
+    boundary_weight: float = 0.0  # extra BCE weight on the pixels within 2 network px of the object's border
+    config_overrides: dict = dataclasses.field(default_factory=dict)  # InteractiveConfig fields to change
 
 
 def _objects_from_ids(image, ids, source, min_area=12):
@@ -68,10 +73,21 @@ def build_pool(settings: TrainSettings, shared_data: str | Path | None) -> dict[
     from ..phantom import make_phantom
     from .synth import make_scene
 
-    pool: dict[str, list] = {"synth": [], "phantom": [], "instances": [], "stardist": []}
+    pool: dict[str, list] = {"synth": [], "phantom": [], "instances": [], "stardist": [], "synth_large": [],
+                             "phantom_large": []}
     for i in range(settings.synth_scenes):
         img, ids = make_scene(5_000_000 + settings.seed * 100_000 + i)
         pool["synth"] += [(o[0], o[1]) for o in _objects_from_ids(img, ids, "synth")]
+    for i in range(settings.large_synth_scenes):  # seeds after the ones above (fewer than 100,000 scenes)
+        img, ids = make_scene(5_000_000 + settings.seed * 100_000 + 50_000 + i)
+        img = cv2.resize(img, None, fx=2, fy=2, interpolation=cv2.INTER_LINEAR)
+        ids = cv2.resize(ids, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+        pool["synth_large"] += [(o[0], o[1]) for o in _objects_from_ids(img, ids, "synth", min_area=200)]
+    for i in range(settings.large_phantoms):
+        img, lab = make_phantom(7_000_000 + settings.seed * 100_000 + 50_000 + i, size=512)
+        n, cc = cv2.connectedComponents((lab == 2).astype(np.uint8))
+        ids = np.where(lab == 1, n + 1, cc)
+        pool["phantom_large"] += [(o[0], o[1]) for o in _objects_from_ids(img + 1024.0, ids, "phantom", 50)]
     for i in range(settings.phantoms):  # committed sample set uses seeds 202_600_000 + i (i < 170)
         img, lab = make_phantom(7_000_000 + settings.seed * 100_000 + i)
         img = img + 1024.0  # stored like the PNGs (HU + 1024)
@@ -122,7 +138,7 @@ def _jitter(window: Window, rng, amount: float) -> Window:
 
 
 def make_sample(image, mask, rng, cfg: InteractiveConfig, box_fraction: float):
-    """One training prompt: ``(encoding N,N,6, gt N,N bool, net-space clicks, net-space box or None)``."""
+    """One training prompt: ``(encoding N,N,6, gt N,N bool, net-space clicks, net-space box or None, scale)``."""
     image, mask = _augment(image, mask, rng)
     shape = image.shape
     kw = dict(size=cfg.net_size, min_side=cfg.min_side, margin=cfg.margin)
@@ -151,7 +167,7 @@ def make_sample(image, mask, rng, cfg: InteractiveConfig, box_fraction: float):
     net_box = None
     if box is not None:
         net_box = x[..., 5] > 0
-    return x, gt, net_clicks, net_box
+    return x, gt, net_clicks, net_box, window.scale
 
 
 def _postprocess(pred, clicks, box_mask):
@@ -168,13 +184,23 @@ def _postprocess(pred, clicks, box_mask):
     return pred
 
 
-def simulate_rounds(model: ClickModel, x, gts, clicks, boxes, rounds: int):
-    """Run ``rounds`` simulator rounds in place on a batch (prediction fed back, one click added per round)."""
+def simulate_rounds(model: ClickModel, x, gts, clicks, boxes, rounds: int, scales=None):
+    """Run ``rounds`` simulator rounds in place on a batch (prediction fed back, one click added per round).
+
+    The fed-back mask is post-processed as :func:`segcore.interactive.segment` does it (box clip, clicked
+    components, and with ``click_snap_radius`` the clicks' local threshold; ``scales``: image px per network
+    px of each sample, to convert that radius).
+    """
     cfg = model.config
+    n = cfg.net_size
     for _ in range(rounds):
         probs = model.predict(x)
         for b in range(len(x)):
             pred = _postprocess(probs[b] >= cfg.threshold, clicks[b], boxes[b])
+            if cfg.click_snap_radius > 0:
+                inside = [(i, j, p) for i, j, p in clicks[b] if 0 <= round(i) < n and 0 <= round(j) < n]
+                radius = cfg.click_snap_radius / (scales[b] if scales is not None else 1.0)
+                pred = _snap_clicks(pred, probs[b], (0, 0, n, n), inside, radius, cfg.threshold)
             click = next_click(gts[b], pred)
             if click is None:
                 continue
@@ -184,12 +210,29 @@ def simulate_rounds(model: ClickModel, x, gts, clicks, boxes, rounds: int):
     return x
 
 
+def boundary_weights(gt: np.ndarray, weight: float, width: float = 2.0) -> np.ndarray:
+    """``1 + weight`` on the pixels within ``width`` px (Euclidean) of the object's border in ``B,N,N`` masks.
+
+    A pixel is within ``width`` of the border when its distance to the nearest pixel of the other side is at
+    most ``width``; the array's edge is no border. Elsewhere (and for empty or full masks) the weight is 1.
+    """
+    out = np.ones(gt.shape, np.float32)
+    for b, m in enumerate(np.asarray(gt, bool)):
+        if not m.any() or m.all():
+            continue
+        m8 = m.astype(np.uint8)
+        d_in = cv2.distanceTransform(m8, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        d_out = cv2.distanceTransform(1 - m8, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        out[b][np.where(m, d_in, d_out) <= width] += weight
+    return out
+
+
 def _loss_fn():
     import tensorflow as tf
 
-    def loss(y, p):
+    def loss(y, p, w):
         p = tf.clip_by_value(p, 1e-6, 1 - 1e-6)
-        bce = -tf.reduce_mean(y * tf.math.log(p) + (1 - y) * tf.math.log(1 - p))
+        bce = -tf.reduce_sum(w * (y * tf.math.log(p) + (1 - y) * tf.math.log(1 - p))) / tf.reduce_sum(w)
         inter = tf.reduce_sum(y * p, axis=[1, 2, 3])
         dice = 1 - (2 * inter + 1) / (tf.reduce_sum(y, axis=[1, 2, 3]) + tf.reduce_sum(p, axis=[1, 2, 3]) + 1)
         return bce + tf.reduce_mean(dice)
@@ -205,7 +248,7 @@ def train_interactive(out_dir: str | Path, settings: TrainSettings | None = None
     import tensorflow as tf
 
     settings = settings or TrainSettings()
-    cfg = config or InteractiveConfig()
+    cfg = dataclasses.replace(config or InteractiveConfig(), **settings.config_overrides)
     keras.utils.set_random_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     t0 = time.perf_counter()
@@ -219,7 +262,7 @@ def train_interactive(out_dir: str | Path, settings: TrainSettings | None = None
     if settings.init:
         parent = ClickModel.load(settings.init)
         net.set_weights(parent.keras_model.get_weights())
-        cfg = dataclasses.replace(parent.config, training={}, metrics={})
+        cfg = dataclasses.replace(parent.config, training={}, metrics={}, **settings.config_overrides)
         log(json.dumps({"initialised_from": str(settings.init), "parent_training": parent.config.training.get(
             "settings")}))
     model = ClickModel(net, cfg)
@@ -228,10 +271,10 @@ def train_interactive(out_dir: str | Path, settings: TrainSettings | None = None
     loss_fn = _loss_fn()
 
     @tf.function(reduce_retracing=True)
-    def step(x, y):
+    def step(x, y, wt):
         with tf.GradientTape() as tape:
             p = net(x, training=True)
-            loss = loss_fn(y, p)
+            loss = loss_fn(y, p, wt)
         grads = tape.gradient(loss, net.trainable_variables)
         opt.apply_gradients(zip(grads, net.trainable_variables))
         return loss
@@ -240,20 +283,21 @@ def train_interactive(out_dir: str | Path, settings: TrainSettings | None = None
     t_train = time.perf_counter()
     running = []
     for it in range(1, settings.steps + 1):
-        xs, gts, clicks, boxes = [], [], [], []
+        xs, gts, clicks, boxes, scales = [], [], [], [], []
         for _ in range(settings.batch_size):
             src = sources[int(rng.choice(len(sources), p=w))]
             image, mask = pool[src][int(rng.integers(len(pool[src])))]
-            x, gt, cl, bx = make_sample(image, mask, rng, cfg, settings.box_fraction)
-            xs.append(x), gts.append(gt), clicks.append(cl), boxes.append(bx)
+            x, gt, cl, bx, sc = make_sample(image, mask, rng, cfg, settings.box_fraction)
+            xs.append(x), gts.append(gt), clicks.append(cl), boxes.append(bx), scales.append(sc)
         x = np.stack(xs)
         rounds = int(rng.choice(settings.max_sim_rounds + 1, p=[0.3, 0.3, 0.2, 0.2]
                                 if settings.max_sim_rounds == 3 else None))
         warm = settings.init is not None or it > settings.steps // 10
         if rounds and warm:  # let the network learn the first click before feeding it back
-            x = simulate_rounds(model, x, gts, clicks, boxes, rounds)
+            x = simulate_rounds(model, x, gts, clicks, boxes, rounds, scales)
         y = np.stack(gts)[..., None].astype(np.float32)
-        running.append(float(step(tf.constant(x), tf.constant(y))))
+        wt = boundary_weights(np.stack(gts), settings.boundary_weight)[..., None]
+        running.append(float(step(tf.constant(x), tf.constant(y), tf.constant(wt))))
         if it % 100 == 0 or it == 1:
             rec = {"step": it, "loss": round(float(np.mean(running)), 4),
                    "seconds": round(time.perf_counter() - t_train, 1)}
