@@ -23,9 +23,12 @@ def render_card(config: InteractiveConfig, results: dict | None = None) -> str:
         f"crop percentile-linear ({config.percentiles[0]:g}-{config.percentiles[1]:g} %) and rank-equalised, "
         f"positive and negative click disks (radius {config.click_radius:g} network px), previous mask, box. The "
         f"window is the prompt's extent plus {config.margin:g} of it on each side, at least {config.min_side:g} image "
-        f"px, resampled to {config.net_size}x{config.net_size}; doubled up to {config.max_expansions} times when the "
-        "object reaches its edge. Weights: `model.keras` (Keras 3, loads with `safe_mode=True`); settings: "
-        "`config.json`.", "",
+        f"px, resampled to {config.net_size}x{config.net_size}; grown (at least 1.5x, up to "
+        f"{config.max_expansions} times) when the object reaches its edge or the window framing it would be more "
+        f"than {1 + config.reframe:g}x larger. A click whose pixel ends on the wrong side of the threshold "
+        f"({config.threshold:g}) moves it, within {config.click_snap_radius:g} image px, to the click's own "
+        "probability, so every click takes effect. Weights: `model.keras` (Keras 3, loads with `safe_mode=True`); "
+        "settings: `config.json`.", "",
         "## Training data and split", "",
         f"Trained from scratch, seed {st.get('seed', 0)}, by `python -m segcore train-interactive` "
         f"({st.get('steps', '?')} steps of {st.get('batch_size', '?')} prompts, Adam {st.get('learning_rate', '?')} "
