@@ -187,6 +187,10 @@ def main():
         t = it["timing"] or {"image": "—", "network": {"first_click_ms_median": "—", "second_click_ms_median": "—"},
                              "repeats": 0, "network_forward_only_ms_median": "—",
                              "grabcut": {"first_click_ms_median": "—"}}
+        for label, cmp in (it.get("compare") or {}).items():
+            out += ["", f"Same model and objects {label.replace('_', ' ')} ({cmp['settings']}): " + "; ".join(
+                f"{name.replace('_', ' ')} NoC@85 {r['noc85']:.2f}, NoC@90 {r['noc90']:.2f}, IoU 1 click "
+                f"{r['iou_1_click']:.3f}" for name, r in cmp["results"].items()) + f". Command: `{cmp['command']}`."]
         out += ["", f"Time per click, `segment()` on {t['image']}: first click {t['network']['first_click_ms_median']} "
                 f"ms, second click {t['network']['second_click_ms_median']} ms (median of {t['repeats']}; network "
                 f"forward alone {t['network_forward_only_ms_median']} ms); GrabCut "
