@@ -263,7 +263,7 @@ def main():
                 "3-D refinement (hole filling, small components in mm³).", "",
                 "| measure | value | target |", "|---|---|---|",
                 f"| wall time of `segment_volume` | {v['wall_s']} s | ≤ {vol['target']['wall_s']} s |",
-                *([f"| other runs of the same code: wall time | "
+                *(["| other runs of the same code: wall time | "
                    + ", ".join(f"{o['wall_s']} s" for o in vol["other_runs_same_code"]) + f" | ≤ {vol['target']['wall_s']} s |"]
                   if vol.get("other_runs_same_code") else []),
                 *([f"| before refinement threads (one refinement thread, loaded machine) | "
