@@ -107,7 +107,7 @@ with tab_review:
     scan = load_scan(store.scan_bytes(case.id), case.scan_name)
     raw_all, refined_all = store.mask(case.id, "raw"), store.mask(case.id, "refined")
     mine = latest.get((case.id, me))
-    working = store.working_mask(case.id, mine["id"] if mine else None, reviewer.name)
+    working = store.working_mask(case.id, mine["id"] if mine else None, reviewer)
     z = None
     if case.is_volume:  # one case per volume: look at any slice, edit any slice, one verdict for the volume
         z = st.slider("Slice", 0, scan.num_slices - 1, scan.num_slices // 2, key=f"sc_rv_slice_{case.id}")

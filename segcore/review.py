@@ -59,7 +59,7 @@ from sqlalchemy import (Column, DateTime, Float, ForeignKey, Integer, LargeBinar
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from .auth import Identity, PermissionDenied, require
+from .auth import Identity, PermissionDenied, as_identity, require
 from .labels import decode_png, png_bytes
 
 __all__ = [
@@ -123,6 +123,7 @@ mask_versions = Table(
     Column("mask_sha256", String(64), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("mask_format", String(10), nullable=True),  # v6: "png" | "npz"; NULL (rows before v6) means png
+    Column("author_id", Text, nullable=True),  # v7: the author's subject (NULL on rows before v7: match by name)
 )
 verdicts = Table(
     "verdicts", metadata,
@@ -243,7 +244,14 @@ def _m6(conn) -> None:
         conn.execute(text("ALTER TABLE mask_versions ADD COLUMN mask_format VARCHAR(10)"))
 
 
-MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6]
+def _m7(conn) -> None:
+    # v7: mask versions record their author's subject, so two people with one display name keep their edits apart
+    # (rows before v7 keep NULL: their audit digests stay as recorded)
+    if "author_id" not in _columns(conn, "mask_versions"):
+        conn.execute(text("ALTER TABLE mask_versions ADD COLUMN author_id TEXT"))
+
+
+MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -278,7 +286,7 @@ def _canon_value(v: Any) -> Any:
 
 # columns added after the keyed audit (v3): they enter a row's digest whenever they are set, and rows written
 # before they existed (NULL there) keep the digest their audit record holds
-LATE_COLUMNS = {"mask_versions": ("mask_format",)}
+LATE_COLUMNS = {"mask_versions": ("mask_format", "author_id")}
 
 
 def row_digest(table: str, row: Mapping[str, Any]) -> str:
@@ -676,7 +684,8 @@ class ReviewStore:
                     mvs = []
                     for kind, m in (("raw", raw), ("refined", refined)):
                         mvs.append(conn.execute(insert(mask_versions).values(
-                            case_id=cid, kind=kind, author=actor.name, model_version=s["model_version"],
+                            case_id=cid, kind=kind, author=actor.name, author_id=actor.subject,
+                            model_version=s["model_version"],
                             refine_params=s["refine_params"] if kind == "refined" else "{}",
                             mask_png=blobs[kind][0], mask_format=blobs[kind][1],
                             mask_sha256=_sha(np.asarray(m).astype(np.uint8).tobytes()),
@@ -752,7 +761,8 @@ class ReviewStore:
             model_version = conn.execute(select(sessions.c.model_version)
                                          .where(sessions.c.id == case.session_id)).scalar()
             mv = conn.execute(insert(mask_versions).values(
-                case_id=case_id, kind=kind, author=who.name, model_version=model_version, refine_params="{}",
+                case_id=case_id, kind=kind, author=who.name, author_id=who.subject, model_version=model_version,
+                refine_params="{}",
                 mask_png=blob, mask_format=fmt, mask_sha256=_sha(m.tobytes()),
                 created_at=_now())).inserted_primary_key[0]
             self._append_audit(conn, "mask_version", self._digest_rows(conn, mask_versions, [mv]),
@@ -760,14 +770,17 @@ class ReviewStore:
                                mask_sha256=_sha(m.tobytes()), **who.audit_fields())
         return int(mv)
 
-    def working_mask(self, case_id: int, verdict_id: int | None = None, author: str | None = None) -> np.ndarray:
-        """The mask a reviewer continues from: their latest kept edit (by ``author``), else their last accepted
-        mask (``verdict_id``), else the model's refined mask."""
+    def working_mask(self, case_id: int, verdict_id: int | None = None,
+                     author: Identity | str | None = None) -> np.ndarray:
+        """The mask a reviewer continues from: their latest kept edit (by ``author``, matched by subject; edits
+        saved before v7 by name), else their last accepted mask (``verdict_id``), else the model's refined mask."""
+        who = as_identity(author) if author else None
+        mine = ((mask_versions.c.author_id == who.subject)
+                | (mask_versions.c.author_id.is_(None) & (mask_versions.c.author == who.name))) if who else None
         with self.engine.connect() as conn:
             edit = conn.execute(select(mask_versions.c.id).where(
-                (mask_versions.c.case_id == case_id) & (mask_versions.c.kind == "edit")
-                & (mask_versions.c.author == (author or "")))
-                .order_by(mask_versions.c.id.desc()).limit(1)).scalar()
+                (mask_versions.c.case_id == case_id) & (mask_versions.c.kind == "edit") & mine)
+                .order_by(mask_versions.c.id.desc()).limit(1)).scalar() if who else None
             accepted = conn.execute(select(verdicts.c.mask_version_id).where(
                 verdicts.c.id == verdict_id)).scalar() if verdict_id is not None else None
         newest = max((v for v in (edit, accepted) if v is not None), default=None)
@@ -844,7 +857,8 @@ class ReviewStore:
             rows = []
             if edited:
                 mv = conn.execute(insert(mask_versions).values(
-                    case_id=case_id, kind="correction", author=who.name, model_version=model_version,
+                    case_id=case_id, kind="correction", author=who.name, author_id=who.subject,
+                    model_version=model_version,
                     refine_params="{}", mask_png=blob, mask_format=fmt, mask_sha256=_sha(accepted.tobytes()),
                     created_at=_now())).inserted_primary_key[0]
                 rows += self._digest_rows(conn, mask_versions, [mv])

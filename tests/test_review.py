@@ -157,6 +157,24 @@ def test_agreement_keeps_two_reviewers_who_share_a_display_name_apart(db):
     assert rows[0]["disagreement_px"] == int((ref != other).sum())
 
 
+def test_edits_in_progress_belong_to_their_author_not_to_a_display_name(db):
+    from segcore.auth import Identity
+
+    st = db.open()
+    ann1 = Identity("idp|111", "Ann Lee", roles=frozenset({"reviewer"}), authenticated=True)
+    ann2 = Identity("idp|222", "Ann Lee", roles=frozenset({"reviewer"}), authenticated=True)
+    sid = st.create_session("s", ann1, "v1")
+    raw, ref = _masks()
+    cid = st.add_case(sid, b"x", "x.png", raw, ref)
+    edit = ref.copy()
+    edit[:8] = 2
+    st.add_mask_version(cid, ann1, edit)
+    np.testing.assert_array_equal(st.working_mask(cid, None, ann1), edit)
+    np.testing.assert_array_equal(st.working_mask(cid, None, ann2), ref)  # same name, another person
+    np.testing.assert_array_equal(st.working_mask(cid, None, "Ann Lee"), ref)  # a local user of that name too
+    assert st.verify_audit() > 0
+
+
 def _session_with_verdicts(db):
     st = db.open()
     sid = st.create_session("s", "Dr A", "v1")
@@ -306,7 +324,7 @@ def test_migration_from_v2_keeps_data_renumbers_positions_and_anchors_the_audit(
     con.executescript((root / "tests" / "data" / "review_v2.sql").read_text())
     con.close()
     st = ReviewStore(data_dir=tmp_path)
-    assert st.schema_version() == SCHEMA_VERSION == 6
+    assert st.schema_version() == SCHEMA_VERSION == 7
     assert [c.position for c in st.cases(1, "upload")] == [0, 1]
     assert st.session(1)["created_by"] == "Dr Old" and len(st.verdicts(1)) == 1
     assert st.verdicts(1)[0]["reviewer_id"] == "local:Dr Old"  # self-declared before sign-in existed
