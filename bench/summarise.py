@@ -329,6 +329,7 @@ def main():
                     f"{nc['mean_propagate']:.4f} (mean gain {nc['mean_gain']:+.4f}, worst {nc['worst_gain']:+.4f})."]
         out += ["", f"{prop.get('note', '')} Fine-tuning: {prop['fine_tune']}. Command: `{prop['command']}`.", ""]
     out += finetune_section(load("finetune.json"))
+    out += finetune_rerun_section(load("finetune_rerun.json"))
     (ROOT / "BENCHMARKS.md").write_text("\n".join(out))
     print("\n".join(out))
 
@@ -379,6 +380,20 @@ def scaling_sections() -> list[str]:
                        f" | {'yes' if k['identical_to_uninterrupted'] else 'no'} ({k['label_maps']} maps) |")
         out += ["", f"{bt['note']}. Command: `{bt['command']}`.", ""]
     return out
+
+
+def finetune_rerun_section(rr) -> list[str]:
+    """A later run of the defaults alone (same grid), to show the run-to-run spread."""
+    if not rr:
+        return []
+    out = ["", f"### Defaults measured again (commit {rr.get('commit', '?')})", "",
+           "| case | corrections | default Dice | default time | steps | best manual Dice | gap | within 0.02 |",
+           "|---|---|---|---|---|---|---|---|"]
+    for c in rr["cases"]:
+        d = c["default"]
+        out.append(f"| {c['case']} | {c['n_corrections']} | {d['dice']:.4f} | {d['seconds']} s | {d['steps']} | "
+                   f"{c['best_manual']['dice']:.4f} | {c['gap']:+.4f} | {'yes' if c['within_0.02'] else 'no'} |")
+    return out + ["", f"{rr.get('load_note', '')} Command: `{rr['command']}`.", ""]
 
 
 def finetune_section(ft) -> list[str]:
