@@ -108,7 +108,7 @@ def editor():
         try:
             rec = iws.save(catalogue.scan_bytes(cur.key), cur.name, ss[ids_key], author=who,
                            slice_index=cur.slice_index, class_names=tuple(model.config.class_names),
-                           model_version=version)
+                           model_version=version, series_uid=cur.series_uid)
         except (ValueError, OSError, PermissionDenied) as exc:
             st.error(f"Not saved: {exc}")
         else:

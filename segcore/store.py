@@ -295,16 +295,9 @@ class Workspace:
     def load_correction(self, correction: Correction | str):
         """``(2-D image, mask)`` of a saved correction."""
         from .labels import load_mask
-        from .io import load_scan
 
         c = correction if isinstance(correction, Correction) else self._correction_from_dir(self.corrections_dir / correction)
-        if c.series_uid:
-            from .series import load_zip
-
-            scan = load_zip(c.scan_path.read_bytes(), c.scan_name, series_uid=c.series_uid)
-        else:
-            scan = load_scan(c.scan_path, name=c.scan_name)
-        image = scan.slice(0, c.slice_index)
+        image = open_stored_scan(c.scan_path, c.scan_name, c.series_uid).slice(0, c.slice_index)
         return image, load_mask(c.mask_path)
 
     def delete_correction(self, cid: str, actor: Identity | str | None = None) -> None:
@@ -453,6 +446,17 @@ class Workspace:
 
 # ---------------------------------------------------------------- instance corrections and instance-model versions
 
+def open_stored_scan(path: Path, name: str, series_uid: str | None = None):
+    """A saved scan file as a :class:`~segcore.io.Scan`; ``series_uid`` picks one series of a multi-series zip."""
+    if series_uid:
+        from .series import load_zip
+
+        return load_zip(Path(path).read_bytes(), name, series_uid=series_uid)
+    from .io import load_scan
+
+    return load_scan(path, name=name)
+
+
 @dataclasses.dataclass
 class InstanceCorrection:
     id: str
@@ -462,6 +466,7 @@ class InstanceCorrection:
     created_at: str
     n_instances: int
     path: Path
+    series_uid: str | None = None
 
     @property
     def coco_path(self) -> Path:
@@ -489,8 +494,10 @@ class InstanceWorkspace:
 
     # ------------------------------------------------------------ corrections
     def save(self, scan_bytes: bytes, scan_name: str, ids: np.ndarray, *, author: Identity | str,
-             slice_index: int | None, class_names: tuple[str, ...], model_version: str) -> InstanceCorrection:
-        """Store corrected instances of one slice (annotator role); atomic like semantic corrections."""
+             slice_index: int | None, class_names: tuple[str, ...], model_version: str,
+             series_uid: str | None = None) -> InstanceCorrection:
+        """Store corrected instances of one slice (annotator role); atomic like semantic corrections.
+        ``series_uid`` names the series of an upload holding several (kept so the correction reopens)."""
         from .instances.coco import build_coco
 
         who = require(author, "save_correction")
@@ -509,7 +516,7 @@ class InstanceWorkspace:
             (tmp / "annotations.json").write_text(json.dumps(coco))
             meta = {"id": cid, "scan_name": scan_name, "slice_index": slice_index, "author": who.name,
                     "author_id": who.subject, "authenticated": who.authenticated, "created_at": _now(),
-                    "n_instances": n, "model_version": model_version,
+                    "n_instances": n, "model_version": model_version, "series_uid": series_uid,
                     "scan_sha256": hashlib.sha256(scan_bytes).hexdigest()}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
             os.replace(tmp, self.dir / cid)
@@ -521,7 +528,7 @@ class InstanceWorkspace:
     def _record(self, d: Path) -> InstanceCorrection:
         m = json.loads((d / "meta.json").read_text())
         return InstanceCorrection(m["id"], m["scan_name"], m.get("slice_index"), m["author"], m["created_at"],
-                                  int(m["n_instances"]), d)
+                                  int(m["n_instances"]), d, m.get("series_uid"))
 
     def list(self) -> list[InstanceCorrection]:
         if not self.dir.is_dir():
@@ -539,14 +546,12 @@ class InstanceWorkspace:
     def training_pairs(self, records: list[InstanceCorrection] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(2-D image, instance ids)`` of saved corrections (the slice they were made on)."""
         from .instances.coco import decode_segmentation
-        from .io import load_scan
 
         out = []
         for r in records if records is not None else self.list():
             coco = json.loads(r.coco_path.read_text())
             img = coco["images"][0]
-            scan = load_scan(r.path / img["file_name"], name=r.scan_name)
-            image = scan.slice(0, r.slice_index)
+            image = open_stored_scan(r.path / img["file_name"], r.scan_name, r.series_uid).slice(0, r.slice_index)
             ids = np.zeros((img["height"], img["width"]), np.int32)
             for k, ann in enumerate(coco["annotations"], 1):
                 ids[decode_segmentation(ann["segmentation"], img["height"], img["width"])] = k

@@ -243,3 +243,12 @@ def test_a_correction_of_one_series_in_a_two_series_zip_reopens_that_series(tmp_
     image, back = ws.load_correction(c.id)
     np.testing.assert_array_equal(image, chosen.pixels[1])
     np.testing.assert_array_equal(back, mask)
+    # instance corrections of that series reopen it too
+    from segcore.store import InstanceWorkspace
+
+    iws = InstanceWorkspace(ws, tmp_path / "no-shipped-model")
+    iws.save(data, "two.zip", mask.astype(np.int32), author="Dr T", slice_index=2, class_names=("background", "x"),
+             model_version="shipped", series_uid=uid)
+    (image, ids), = iws.training_pairs()
+    np.testing.assert_array_equal(image, chosen.pixels[2])
+    assert ((ids > 0) == (mask > 0)).all()
