@@ -29,8 +29,10 @@ with st.sidebar:
     auth.sidebar(identity)
     ws = resources.workspace()
     st.caption(f"Active model: **{ws.active_version()}** · data in `{ws.root}`")
-    cur = state.current()
-    if cur is not None:
-        st.caption(f"Open scan: {cur.describe()}")
+    open_scan = st.empty()  # filled after the page ran: it may open another scan
 
-pg.run()
+try:
+    pg.run()
+finally:
+    if state.current() is not None:
+        open_scan.caption(f"Open scan: {state.current().describe()}")

@@ -5,7 +5,7 @@ import streamlit as st
 from segcore.annotate import changed_pixels
 from segcore.dicomseg import seg_not_offered_reason
 from segcore.display import display_image, resolve_window
-from segcore.labels import load_mask
+from segcore.labels import content_digest, load_mask
 from segcore.viz import nifti_bytes, overlay
 from ui import auth, catalogue, resources, state, widgets
 
@@ -31,7 +31,7 @@ seg = resources.segmentation(cur.scan_key, scan, cur.model_version, cur.slice_in
 image = scan.slice(0, cur.slice_index)
 display = display_image(image, resolve_window(scan, image, cur.window))
 
-where = f"slice {cur.slice_index} of {scan.num_slices}" if scan.is_volume else "2-D image"
+where = f"slice {cur.slice_index} (of 0–{scan.num_slices - 1})" if scan.is_volume else "2-D image"
 st.markdown(f"**Editing:** {cur.name} · {where} · {image.shape[1]}×{image.shape[0]} px · masks from model "
             f"**{cur.model_version}** ({widgets.refine_summary(cur.refine)})")
 widgets.show_legend(names, colors, prefix="Classes: ")
@@ -63,13 +63,18 @@ def editor():
         st.image(overlay(display, corrected, 0.5, colors), width=min(image.shape[1], 720))
     author = state.identity()
     refusal = auth.needs(author, "save_correction")
-    save = st.button("Save correction", type="primary", disabled=refusal is not None or changed == 0, key="sc_save",
-                     help="Enabled once you have changed at least one pixel (and are allowed to save corrections).")
+    saved_key = f"{tag}_saved"  # the digest of the mask last saved from this editor: the same mask is not saved twice
+    already = st.session_state.get(saved_key, (None,))[0] == content_digest(corrected)
+    save = st.button("Save correction", type="primary", disabled=refusal is not None or changed == 0 or already,
+                     key="sc_save", help="Enabled once you have changed at least one pixel (and are allowed to save "
+                                         "corrections); disabled again once this mask is saved.")
     if refusal:
         st.warning(refusal if author else "Enter your name in the sidebar to save: corrections record who made them.")
+    elif already:
+        st.success(st.session_state[saved_key][1])
     elif changed == 0:
         st.caption("Nothing to save yet: draw on the mask or add an object with Smart click first.")
-    if save:
+    if save and not already:
         try:
             rec = ws.save_correction(catalogue.scan_bytes(cur.key), cur.name, corrected, author=author,
                                      model_version=cur.model_version, source=start, slice_index=cur.slice_index,
@@ -77,7 +82,9 @@ def editor():
         except (ValueError, OSError, PermissionError) as exc:
             st.error(f"Not saved: {exc}")
         else:
-            st.success(f"Saved correction of {cur.name} ({widgets.plural(changed, 'pixel')} changed) to {rec.path}")
+            st.session_state[saved_key] = (content_digest(corrected), f"Saved correction of {cur.name} ("
+                                           f"{widgets.plural(changed, 'pixel')} changed) to {rec.path}")
+            st.rerun()
 
 
 editor()
@@ -116,7 +123,7 @@ if scan.is_volume:
                            "application/gzip", key="sc_dl_filled")
         reason = seg_not_offered_reason(scan)
         if reason:
-            d2.caption(f"DICOM SEG is not offered: {reason}")
+            d2.caption(reason)
         else:
             d2.download_button("Filled segmentation (DICOM SEG, semi-automatic)",
                                resources.seg_bytes(cur.scan_key, filled, scan, tuple(names), cur.model_version, True),

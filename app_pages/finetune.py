@@ -5,7 +5,8 @@ import streamlit as st
 
 from segcore.finetune import class_rows, class_set, correction_fits
 from segcore.jobs import JobSpec
-from segcore.measure import candidate_table, correction_label, duplicate_groups, job_rows, version_rows
+from segcore.measure import (candidate_table, correction_label, duplicate_groups, identical_copies, job_rows,
+                             version_rows)
 from ui import auth, resources, state, widgets
 
 st.title("Fine-tune")
@@ -27,10 +28,15 @@ else:
                    "labels": ", ".join((c.class_names[v] if c.class_names and v < len(c.class_names) else str(v))
                                        for v in c.labels if v)} for c in corrections],
                  hide_index=True, width="stretch")
+    copies = identical_copies(corrections)
     for group in duplicate_groups(corrections):
         where = f" (slice {group[0].slice_index})" if group[0].slice_index is not None else ""
+        same = sum(c.id in copies for c in group)
         st.info(f"**{group[0].scan_name}**{where} was corrected {len(group)} times "
-                f"(by {', '.join(sorted({c.author for c in group}))}); all are used unless you leave some out.")
+                f"(by {', '.join(sorted({c.author for c in group}))}); "
+                + (f"{widgets.plural(same, 'identical older copy', 'identical older copies')} left out by default, "
+                   "the others are used unless you leave them out." if same else
+                   "all are used unless you leave some out."))
 
 # ---------------------------------------------------------------- new job
 st.subheader(f"Fine-tune a copy of {active}")
@@ -57,10 +63,11 @@ usable = [i for i in by_id if fits[i] is None]
 for i in by_id:
     if fits[i]:
         st.caption(f"Not offered: {correction_label(by_id[i])}: {fits[i]}.")
-train_ids = st.multiselect("Train on", usable, default=usable, key="sc_ft_train",
+copies = identical_copies(corrections) if corrections else set()
+train_ids = st.multiselect("Train on", usable, default=[i for i in usable if i not in copies], key="sc_ft_train",
                            format_func=lambda i: correction_label(by_id[i]),
                            help="Cases left out are held out: they join the evaluation of the candidate.")
-held_ids = [i for i in usable if i not in train_ids]
+held_ids = [i for i in usable if i not in train_ids and i not in copies]  # a copy would score a trained image
 
 with st.expander("Advanced: set the schedule by hand"):
     st.caption("Automatic (recommended): part of the corrections is held out to find how long to train (early "
@@ -189,7 +196,8 @@ if candidates:
     _, _, cand_cfg = resources.model_for(cand)
     st.caption(f"{cand}: classes {', '.join(cand_cfg.class_names[1:])} · evaluated on "
                f"{metrics.get('eval_set', 'the held-out set')}" +
-               (f" · {metrics['finetune'].get('epochs', '?')} epochs" if metrics.get("finetune") else ""))
+               (f" · {metrics['finetune']['total_steps']} training steps" if (metrics.get("finetune") or {})
+                .get("total_steps") else ""))
     if metrics.get("baseline_held_out"):
         st.dataframe(candidate_table(metrics, cand, ws.active_version()), hide_index=True, width="stretch")
         st.metric("Held-out mean foreground Dice", f"{gate.candidate:.4f}",
@@ -212,10 +220,11 @@ if candidates:
 # ---------------------------------------------------------------- versions
 st.subheader("Model versions")
 st.dataframe(version_rows(ws.versions(), ws.active_version()), hide_index=True, width="stretch")
-others = [v for v in ws.versions() if v != ws.active_version()]
+others = ws.rollback_order()  # the versions active before first
 if others:
     rc = st.columns([2, 1])
-    target = rc[0].selectbox("Re-activate a previous version (rollback)", others, key="sc_rollback_pick")
+    target = rc[0].selectbox("Re-activate a previous version (rollback)", others, key="sc_rollback_pick",
+                             format_func=lambda v: f"{v} (parent {ws.versions()[v].get('parent') or '—'})")
     if rc[1].button("Activate", key="sc_rollback", disabled=auth.needs(who, "activate") is not None,
                     help=auth.needs(who, "activate")):
         try:

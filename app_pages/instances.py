@@ -42,6 +42,8 @@ st.session_state.setdefault(f"{ids_key}_n", 0)
 @st.fragment
 def editor():
     ss = st.session_state
+    if "sc_ic_flash" in ss:
+        st.success(ss.pop("sc_ic_flash"))
     ids = ss[ids_key]
     labels = [r["instance"] for r in instance_table(ids)]
     op = st.radio("Edit", ["Add with smart click", "Delete", "Merge", "Split with a line"], horizontal=True,
@@ -112,7 +114,10 @@ def editor():
         except (ValueError, OSError, PermissionDenied) as exc:
             st.error(f"Not saved: {exc}")
         else:
-            st.success(f"Saved {widgets.plural(rec.n_instances, 'object')} of {cur.name} to {rec.coco_path}")
+            # the whole page reruns: the fine-tune section below lists the new correction at once
+            st.session_state["sc_ic_flash"] = (f"Saved {widgets.plural(rec.n_instances, 'object')} of {cur.name} "
+                                               f"to {rec.coco_path}")
+            st.rerun()
 
 
 editor()

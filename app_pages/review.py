@@ -218,10 +218,10 @@ with tab_summary:
         c1.plotly_chart(px_.histogram(rows, x="verdict", color="reviewer", title="Verdicts", height=320),
                         key="sc_rv_p1", width="stretch")
         c2.plotly_chart(px_.bar(rows, x="case", y="seconds", color="reviewer", title="Time per case (s)",
-                                height=320), key="sc_rv_p2", width="stretch")
+                                height=320).update_xaxes(type="category"), key="sc_rv_p2", width="stretch")
         st.plotly_chart(px_.box(rows, y=[k for k in rows[0] if k.startswith("Dice ")],
-                                title="Model vs accepted: Dice per class", height=320), key="sc_rv_p3",
-                        width="stretch")
+                                title="Model vs accepted: Dice per class (rejected cases left out)", height=320)
+                        .update_yaxes(range=[0, 1.02], title="Dice"), key="sc_rv_p3", width="stretch")
         multi = sorted({v["case_id"] for v in vs if len({w["reviewer"] for w in vs if w["case_id"] == v["case_id"]}) > 1})
         if multi:
             st.subheader("Inter-rater agreement")

@@ -33,7 +33,9 @@ with left:
         samples = catalogue.sample_files()
         label = st.selectbox("Sample scan", list(samples), key="sc_sample")
         data, name, phantom = samples[label].read_bytes(), samples[label].name, catalogue.is_phantom_sample(label)
+        instance_sample = catalogue.is_instance_sample(label)
     else:
+        instance_sample = False
         ups = st.file_uploader("Upload scans (PNG, JPEG, BMP, TIFF, DICOM, NIfTI, NRRD)", accept_multiple_files=True,
                                key="sc_uploads")
         if not ups:
@@ -77,7 +79,8 @@ if previous is None or (previous.key, previous.name, previous.model_version, pre
         key, name, version, series_uid):
     state.set_current(state.CurrentScan(key=key, name=name, model_version=version,
                                         slice_index=scan.num_slices // 2 if scan.is_volume else None,
-                                        is_phantom_sample=phantom, series_uid=series_uid))
+                                        is_phantom_sample=phantom, is_instance_sample=instance_sample,
+                                        series_uid=series_uid))
 skey, short = state.current().scan_key, state.current().short  # the scan on screen (series included)
 card = resources.model_card(version)
 widgets.model_card(card, domain_warnings(card, scan, is_phantom_sample=phantom))
@@ -112,7 +115,7 @@ def volume_panel(scan, skey):
                        f"{stem}_mask.nii.gz", "application/gzip", key="sc_dl_vol_nifti")
     reason = seg_not_offered_reason(scan)
     if reason:
-        c2.caption(f"DICOM SEG is not offered: {reason}")
+        c2.caption(reason)
     else:
         _, _, mconfig = resources.model_for(cur.model_version)
         c2.download_button("Refined segmentation (DICOM SEG)",
@@ -211,7 +214,11 @@ def viewer():
                    f"{widgets.refine_summary(refine)}  ·  step times: {steps}")
     if det is not None:
         icard = resources.instance_card()
-        widgets.model_card(icard, domain_warnings(icard, scan, is_phantom_sample=cur.is_phantom_sample))
+        widgets.model_card(icard, domain_warnings(icard, scan, is_phantom_sample=cur.is_instance_sample))
+        if len(det.get("boxes", ())) == 0:
+            st.caption("The instance model found no objects on this slice. It detects separate small objects "
+                       "(cells, nuclei, blobs 11-25 px across at the chosen object size); try the Instances "
+                       "samples, or change the object size.")
         rows = instance_rows(det, resources.maskrcnn().config.class_names, seg.spacing)
         counts = {n: sum(r["class"] == n for r in rows) for n in resources.maskrcnn().config.class_names[1:]}
         st.markdown("**Instances per class:** " + ", ".join(f"{n}: {v}" for n, v in counts.items()))

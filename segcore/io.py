@@ -615,6 +615,11 @@ def _load_dicom(data: bytes, name: str, limits: Limits) -> Scan:
         ds = pydicom.dcmread(io.BytesIO(data), force=not has_preamble)
     except InvalidDicomError as exc:
         raise ScanError(f"'{name}' is not a valid DICOM file: {exc}") from exc
+    if not has_preamble and not any(k in ds for k in ("SOPClassUID", "Modality", "Rows", "PixelData")):
+        # forced parsing of bytes without the DICM marker found nothing DICOM-like: say so plainly
+        raise ScanError(f"'{name}' is not a DICOM file: it has no 'DICM' marker and no DICOM image attributes "
+                        "(SOP class, modality, rows). Upload a DICOM image, a zip of a DICOM series, NIfTI, NRRD, "
+                        "PNG or TIFF.")
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         modality = getattr(ds, "Modality", "unknown")
         sop = getattr(getattr(ds, "SOPClassUID", None), "name", "unknown")

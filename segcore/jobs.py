@@ -174,19 +174,24 @@ def evaluate_against(candidate, candidate_config, baseline, baseline_config, ima
     """Held-out metrics in the format :meth:`Workspace.gate` reads.
 
     ``{"held_out": {...}, "baseline_held_out": {...} | None, "baseline_version": ..., "n_eval_images": n}``.
-    When the candidate's class names differ from the baseline's the two cannot be compared on the same masks:
-    ``baseline_held_out`` is None and the gate refuses promotion (activating a new class set is a separate,
-    explicit decision: :meth:`Workspace.activate`).
+    Classes that were only renamed (as many classes, so class *k* is still class *k* in the masks) are compared
+    class by class under the candidate's names. When classes were added or removed the two cannot be compared on
+    the same masks: ``baseline_held_out`` is None and the gate refuses promotion (activating a new class set is a
+    separate, explicit decision: :meth:`Workspace.activate`).
     """
     from .train import evaluate_model
 
     if not len(images):
         raise ValueError("The held-out set is empty: give the evaluation at least one image with a mask.")
     cand = evaluate_model(candidate, candidate_config, list(images), list(masks))
-    same = tuple(candidate_config.class_names) == tuple(baseline_config.class_names)
-    base = evaluate_model(baseline, baseline_config, list(images), list(masks)) if same else None
+    names, old = tuple(candidate_config.class_names), tuple(baseline_config.class_names)
+    same = len(names) == len(old)
+    base = evaluate_model(baseline, dataclasses.replace(baseline_config, class_names=names), list(images),
+                          list(masks)) if same else None
     out = {"held_out": cand, "baseline_held_out": base, "baseline_version": baseline_version,
            "n_eval_images": len(images)}
+    if same and names != old:
+        out["renamed_from"] = list(old)
     if not same:
         out["gate_note"] = (f"class set {list(candidate_config.class_names)} differs from "
                             f"{list(baseline_config.class_names)} of {baseline_version}: not comparable")
@@ -494,7 +499,8 @@ class JobManager:
 
             t_im, t_m, _ = load_gt_pairs(self.sample_dir / "phantom" / "test")
             images, masks, n_phantom = t_im + images, t_m + masks, len(t_im)
-        eval_set = f"{n_phantom} phantom test images + {len(held)} held-out corrections"
+        eval_set = (f"{n_phantom} phantom test image{'' if n_phantom == 1 else 's'} + {len(held)} held-out "
+                    f"correction{'' if len(held) == 1 else 's'}")
         if not images:  # nothing else to judge on: the corrections themselves (said so in the metrics)
             images, masks = [p[0] for p in pairs], [p[1] for p in pairs]
             eval_set = "the training corrections themselves (nothing was held out)"

@@ -80,19 +80,20 @@ def review_rows(verdicts: Iterable[dict], class_names: Sequence[str]) -> list[di
     rows = []
     for v in verdicts:
         m = v["metrics"]
+        rejected = v["verdict"] == "reject"  # nothing was accepted: no model-vs-accepted Dice to show
         rows.append({"case": v["case_id"], "scan": v["scan_name"], "slice": v.get("slice_index"),
                      "reviewer": v["reviewer"], "verdict": label(v["verdict"]), "reason": label(v["reason_code"]),
-                     "comment": v["comment"], "seconds": round(v["seconds_spent"], 1),
-                     "edited px": m["edited_pixels"],
-                     **{f"Dice {class_names[c]}": round(m["dice"][c], 4)
-                        for c in range(1, min(len(class_names), len(m["dice"])))}})
+                     **{f"Dice {class_names[c]}": None if rejected else round(m["dice"][c], 4)
+                        for c in range(1, min(len(class_names), len(m["dice"])))},
+                     "edited px": None if rejected else m["edited_pixels"], "seconds": round(v["seconds_spent"], 1),
+                     "comment": v["comment"]})
     return rows
 
 
 def correction_label(c) -> str:
     """How a saved correction is named to a person: scan, slice, author, date (not its id)."""
     where = f" · slice {c.slice_index}" if c.slice_index is not None else ""
-    return f"{c.scan_name}{where} · {c.author} · {c.created_at.replace('T', ' ')[:16]}"
+    return f"{c.scan_name}{where} · {c.author} · {c.created_at.replace('T', ' ')[:19]}"  # seconds: copies differ
 
 
 def duplicate_groups(corrections) -> list[list]:
@@ -101,6 +102,19 @@ def duplicate_groups(corrections) -> list[list]:
     for c in corrections:
         groups.setdefault((c.scan_sha256 or c.scan_name, c.slice_index), []).append(c)
     return [g for g in groups.values() if len(g) > 1]
+
+
+def identical_copies(corrections) -> set[str]:
+    """Ids of corrections that repeat an older one exactly (same scan content, series, slice and mask): training on
+    both counts one image twice, and holding one out scores the model on an image it trained on."""
+    seen, out = set(), set()
+    for c in sorted(corrections, key=lambda c: (c.created_at, c.id), reverse=True):  # the newest copy is kept
+        key = (c.scan_sha256 or c.scan_name, getattr(c, "series_uid", None), c.slice_index,
+               getattr(c, "mask_sha256", "") or c.id)
+        if key in seen:
+            out.add(c.id)
+        seen.add(key)
+    return out
 
 
 def candidate_table(metrics: dict, candidate: str, active: str) -> list[dict]:
@@ -118,9 +132,10 @@ def version_rows(versions: dict, active: str | None) -> list[dict]:
     for v, info in versions.items():
         m = info.get("metrics", {})
         ho = m.get("held_out") or m.get("test") or {}
-        rows.append({"version": v, "active": "✅" if v == active else "", "parent": info.get("parent"),
+        rows.append({"version": v, "active": "active" if v == active else "", "parent": info.get("parent"),
                      "held-out mean Dice": round(ho.get("mean_foreground_dice", float("nan")), 4),
-                     "trained on": len(info.get("trained_on", [])), "created": info.get("created_at", ""),
+                     "trained on (corrections)": len(info["trained_on"]) if info.get("trained_on") else None,
+                     "created": info.get("created_at", ""),
                      "by": info.get("created_by", ""), "note": info.get("note", "")})
     return rows
 

@@ -134,6 +134,7 @@ class Correction:
     class_names: tuple[str, ...] | None = None
     labels: tuple[int, ...] = ()
     series_uid: str | None = None
+    mask_sha256: str = ""
 
     @property
     def mask_path(self) -> Path:
@@ -276,7 +277,7 @@ class Workspace:
                           slice_index=m.get("slice_index"), shape=tuple(m["shape"]), path=d, note=m.get("note", ""),
                           scan_sha256=m.get("scan_sha256", ""),
                           class_names=tuple(m["class_names"]) if m.get("class_names") else None,
-                          labels=tuple(labels), series_uid=m.get("series_uid"))
+                          labels=tuple(labels), series_uid=m.get("series_uid"), mask_sha256=m.get("mask_sha256", ""))
 
     def list_corrections(self) -> list[Correction]:
         """Saved corrections, oldest first (half-written temporary folders are ignored)."""
@@ -329,6 +330,14 @@ class Workspace:
 
     def active_version(self) -> str | None:
         return self._registry()["active"]
+
+    def rollback_order(self) -> list[str]:
+        """Versions other than the active one: those active before first (most recent first), then the rest."""
+        reg = self._registry()
+        before = [h["active"] for h in reversed(reg.get("history", []))]
+        first = next(iter(reg["versions"]), None)  # the shipped version was active before any history was kept
+        order = list(dict.fromkeys(before + ([first] if first else []) + list(reg["versions"])))
+        return [v for v in order if v != reg["active"] and v in reg["versions"]]
 
     def model_dir(self, version: str | None = None) -> Path:
         reg = self._registry()

@@ -456,3 +456,21 @@ def test_colour_only_change_keeps_the_weights_and_records_the_colours(workspace)
     import math
 
     assert math.isfinite(ws.gate(st.result["version"]).baseline)  # same classes: compared with v1 on the same set
+
+
+def test_renamed_classes_stay_comparable_with_the_base_model_added_ones_do_not():
+    """Renaming keeps class k as class k in the masks: the gate compares class by class under the new names."""
+    import dataclasses
+
+    from segcore.jobs import evaluate_against
+
+    model, cfg = tiny(2, ("background", "disc"))
+    ims, ms = disc_case(3)
+    renamed = dataclasses.replace(cfg, class_names=("background", "nucleus"))
+    out = evaluate_against(model, renamed, model, cfg, ims, ms, baseline_version="v1")
+    assert out["renamed_from"] == ["background", "disc"] and "gate_note" not in out
+    assert list(out["baseline_held_out"]["per_class"]) == list(out["held_out"]["per_class"]) == ["background", "nucleus"]
+    assert out["baseline_held_out"]["mean_foreground_dice"] == out["held_out"]["mean_foreground_dice"]  # same net
+    wider, wcfg = tiny(3, ("background", "disc", "ring"))
+    out = evaluate_against(wider, wcfg, model, cfg, ims, ms, baseline_version="v1")
+    assert out["baseline_held_out"] is None and "not comparable" in out["gate_note"]

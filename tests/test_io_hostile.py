@@ -272,3 +272,11 @@ def test_all_sample_scans_follow_the_contract(root):
 def test_long_extension_is_reported_not_crashing():
     with pytest.raises(ScanError, match="Unsupported file type"):
         load_scan(b"\x00" * 400, "scan." + "x" * 300)
+
+
+def test_random_bytes_named_dcm_are_not_called_a_dicom_object():
+    from segcore.io import ScanError, load_scan
+
+    data = np.random.default_rng(7).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+    with pytest.raises(ScanError, match="is not a DICOM file: it has no 'DICM' marker"):
+        load_scan(data, "scan.dcm")

@@ -121,6 +121,7 @@ def test_model_versions_promote_and_rollback(tmp_path, root):
         ws.activate("v3", actor="Dr A", expected_active=decision.baseline_version)
     assert ws.active_version() == "v2"
     ws.activate("v1", actor="Dr A")
+    assert ws.rollback_order() == ["v2", "v3"]  # the most recently active first (v2 just now, v3 before it)
     with pytest.raises(ValueError, match="Unknown model version 'v9'"):
         ws.activate("v9", actor="Dr A")
 
@@ -313,3 +314,20 @@ def test_instance_corrections_round_trip_and_versions_are_gated(tmp_path, root):
     bad.mkdir()
     (bad / "meta.json").write_text("{not json")
     assert [r.id for r in iws.list()] == [rec.id]
+
+
+def test_identical_copies_of_a_correction_are_named_and_the_newest_kept(tmp_path):
+
+    from segcore.measure import identical_copies
+
+    ws = Workspace(tmp_path)
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:8, 4:8] = 1
+    other = mask.copy()
+    other[0, 0] = 1
+    first = ws.save_correction(b"scan", "a.png", mask, author="Dr T", model_version="v1", source="refined")
+    time.sleep(0.01)
+    again = ws.save_correction(b"scan", "a.png", mask, author="Dr T", model_version="v1", source="refined")
+    edited = ws.save_correction(b"scan", "a.png", other, author="Dr T", model_version="v1", source="refined")
+    assert identical_copies(ws.list_corrections()) == {first.id}
+    assert again.id not in identical_copies(ws.list_corrections()) and edited.id != first.id

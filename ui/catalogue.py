@@ -26,8 +26,14 @@ def sample_files() -> dict[str, Path]:
 
 
 def is_phantom_sample(display_name: str) -> bool:
-    """Samples made by segcore's phantom generators (the shipped models' own domain)."""
-    return display_name.startswith(("phantom", "instances test/"))
+    """Samples from the CT phantom generator: the shipped segmentation model's own domain (the instance samples
+    are the instance model's, not this one's)."""
+    return display_name.startswith("phantom")
+
+
+def is_instance_sample(display_name: str) -> bool:
+    """Samples from the instance phantom generator: the shipped instance model's own domain."""
+    return display_name.startswith("instances test/")
 
 
 def remember(data: bytes) -> str:

@@ -27,7 +27,8 @@ class CurrentScan:
     slice_index: int | None = None
     refine: RefineConfig = dataclasses.field(default_factory=RefineConfig)
     window: WindowChoice = dataclasses.field(default_factory=WindowChoice)
-    is_phantom_sample: bool = False
+    is_phantom_sample: bool = False  # a sample from the segmentation model's own (phantom CT) domain
+    is_instance_sample: bool = False  # a sample from the instance model's own domain
     series_uid: str | None = None
 
     @property
