@@ -12,7 +12,7 @@ from segcore.export import coco_from_detections, instance_rows
 from segcore.figures import image_panels, ortho_click, orthogonal_views
 from segcore.infer import entropy
 from segcore.measure import class_table, volume_table
-from segcore.refine import component_table
+from segcore.refine import RefineConfig, component_table
 from segcore.series import SeriesChoiceError
 from segcore.viz import VIEWS, diff_layer, instance_labels, mask_layer, nifti_bytes, overlay, png_bytes, view_panels
 from segcore.viz import plane as plane_of
@@ -77,7 +77,8 @@ for skipped in scan.metadata.get("skipped", []):
 previous = state.current()
 if previous is None or (previous.key, previous.name, previous.model_version, previous.series_uid) != (
         key, name, version, series_uid):
-    state.set_current(state.CurrentScan(key=key, name=name, model_version=version,
+    state.set_current(state.CurrentScan(key=key, name=name, model_version=version,  # refinement settings carry over
+                                        refine=previous.refine if previous is not None else RefineConfig(),
                                         slice_index=scan.num_slices // 2 if scan.is_volume else None,
                                         is_phantom_sample=phantom, is_instance_sample=instance_sample,
                                         series_uid=series_uid))
@@ -180,7 +181,7 @@ def viewer():
                                 help="Entropy of the softmax (0..1), or the spread of the winning class's "
                                      "probability over 8 dropout samples (scaled to its maximum)")
         with st.expander("Refinement", expanded=True):
-            refine = widgets.refine_controls()
+            refine = widgets.refine_controls(initial=cur.refine)
     cur = state.update_current(slice_index=slice_index, refine=refine, window=choice)
     seg = resources.segmentation(skey, scan, cur.model_version, slice_index, refine)
     display = display_image(image, win)

@@ -286,3 +286,20 @@ def test_correct_offers_previous_corrections_of_the_same_scan_only(data_dir):
     assert any(o.startswith("last saved correction") for o in at.radio(key="sc_start").options)
     at.radio(key="sc_start").set_value("previous").run()
     assert not at.exception, at.exception
+
+
+def test_refinement_settings_survive_another_page_and_another_scan():
+    """Widget state is dropped while a page is not shown: the controls start from the settings in use."""
+    at = _app()
+    at.checkbox(key="sc_crf_on").uncheck().run()
+    at.checkbox(key="sc_open_on").check().run()
+    at.slider(key="sc_open_k").set_value(7).run()
+    at.switch_page("app_pages/correct.py").run()
+    assert not at.exception, at.exception
+    assert any("open 7px" in m.value and "CRF off" in m.value for m in at.markdown)  # what Correct edits
+    at.switch_page("app_pages/segment.py").run()
+    assert not at.exception, at.exception
+    assert not at.checkbox(key="sc_crf_on").value and at.checkbox(key="sc_open_on").value
+    assert at.slider(key="sc_open_k").value == 7
+    at.selectbox(key="sc_sample").set_value("phantom test/test_0000.png").run()
+    assert any("open 7px" in c.value and "CRF off" in c.value for c in at.caption)

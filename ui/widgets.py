@@ -52,10 +52,11 @@ def window_picker(scan: Scan, image, scan_key: str) -> tuple[WindowChoice, tuple
     return choice, resolve_window(scan, image, choice)
 
 
-def refine_controls(key: str = "sc") -> RefineConfig:
-    """Switches and sliders for each refinement step; returns the settings they describe."""
-    base = RefineConfig()
-    on = base.enabled
+def refine_controls(key: str = "sc", initial: RefineConfig | None = None) -> RefineConfig:
+    """Switches and sliders for each refinement step, starting from ``initial`` (the settings in use, so they
+    survive a visit to another page, whose rerun drops these widgets' state); returns the settings they describe."""
+    base = initial or RefineConfig()
+    on = {**RefineConfig().enabled, **base.enabled}
     crf_on = st.checkbox("Dense CRF", value=on["crf"], key=f"{key}_crf_on")
     crf_it = st.slider("CRF iterations", 1, 10, base.crf["iterations"], key=f"{key}_crf_it", disabled=not crf_on)
     crf_sxy = st.slider("CRF bilateral σ (px)", 10, 160, base.crf["sxy_bilateral"], key=f"{key}_crf_sxy",
