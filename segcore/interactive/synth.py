@@ -18,6 +18,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..phantom import _blob  # the star-shaped blob, five radial harmonics
+
 __all__ = ["make_scene"]
 
 
@@ -26,26 +28,14 @@ def _smooth_noise(shape, rng, sigma):
     return n / (n.std() + 1e-6)
 
 
-def _star(shape, center, radius, rng, irregularity, aspect, angle):
-    h, w = shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    dy, dx = yy - center[0], xx - center[1]
-    ca, sa = np.cos(angle), np.sin(angle)
-    u = (dx * ca + dy * sa) / aspect
-    v = -dx * sa + dy * ca
-    theta = np.arctan2(v, u)
-    r = np.ones_like(theta)
-    for k in range(2, 7):
-        r += rng.uniform(0, irregularity / (k - 1)) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-    return np.sqrt(u * u + v * v) <= radius * r
-
-
 def _shape(shape, center, radius, rng) -> np.ndarray:
     kind = rng.choice(["star", "ellipse", "lobes", "polygon", "curve"], p=[0.35, 0.2, 0.2, 0.15, 0.1])
     if kind == "star":
-        return _star(shape, center, radius, rng, rng.uniform(0.05, 0.45), rng.uniform(1.0, 1.8), rng.uniform(0, np.pi))
+        return _blob(shape, center, radius, rng, irregularity=rng.uniform(0.05, 0.45), aspect=rng.uniform(1.0, 1.8),
+                     angle=rng.uniform(0, np.pi))
     if kind == "ellipse":
-        return _star(shape, center, radius, rng, 0.0, rng.uniform(1.0, 2.5), rng.uniform(0, np.pi))
+        return _blob(shape, center, radius, rng, irregularity=0.0, aspect=rng.uniform(1.0, 2.5),
+                     angle=rng.uniform(0, np.pi))
     m = np.zeros(shape, np.uint8)
     cy, cx = center
     if kind == "lobes":
@@ -105,8 +95,9 @@ def make_scene(seed: int, size: int = 160) -> tuple[np.ndarray, np.ndarray]:
     ids = np.zeros(shape, np.int32)
     k = 0
     if rng.random() < 0.5:  # a large region that holds the objects (an organ, a cell cluster's background)
-        region = _star(shape, (size / 2 + rng.uniform(-20, 20), size / 2 + rng.uniform(-20, 20)),
-                       size * rng.uniform(0.3, 0.45), rng, 0.25, rng.uniform(1.0, 1.4), rng.uniform(0, np.pi))
+        region = _blob(shape, (size / 2 + rng.uniform(-20, 20), size / 2 + rng.uniform(-20, 20)),
+                       size * rng.uniform(0.3, 0.45), rng, irregularity=0.25, aspect=rng.uniform(1.0, 1.4),
+                       angle=rng.uniform(0, np.pi))
         img[region] += rng.uniform(-6, 6)
         if rng.random() < 0.3:
             k += 1
