@@ -11,9 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -133,25 +130,14 @@ class ClickModel:
 
     def save(self, directory: str | Path, card: str | None = None) -> Path:
         """Write ``model.keras``, ``config.json`` (and ``MODEL_CARD.md``) atomically into ``directory``."""
+        from ..atomic import replaced_dir
+
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp", dir=directory.parent))
-        try:
+        with replaced_dir(directory) as tmp:
             self.keras_model.save(tmp / "model.keras")
             (tmp / "config.json").write_text(self.config.to_json())
             if card is not None:
                 (tmp / "MODEL_CARD.md").write_text(card)
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return directory
 
     @classmethod

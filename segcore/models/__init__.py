@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -194,26 +191,13 @@ def save_model(model: keras.Model, config: ModelConfig, directory: str | Path) -
     The files are written to a temporary sibling folder which is then renamed,
     so a crash never leaves a half-written model where a good one was.
     """
+    from ..atomic import replaced_dir
+
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    # the writer's pid in the name lets a later start remove what a killed writer left (segcore.store)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-{os.getpid()}-", dir=directory.parent))
-    try:
+    with replaced_dir(directory) as tmp:
         model.save(tmp / "model.keras")
         (tmp / "config.json").write_text(config.to_json())
         (tmp / "card.json").write_text(json.dumps(ModelCard.from_config(config).to_dict(), indent=2))
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
