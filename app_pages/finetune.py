@@ -143,41 +143,35 @@ queue()
 
 
 # ---------------------------------------------------------------- gate
-@st.dialog("Promote this version?")
-def confirm_promote(version: str, summary: str):
-    st.markdown(f"**{version}** becomes the active model for everyone using this server: new segmentations, "
-                f"reviews and fine-tunes start from it. {summary}")
-    st.caption("You can re-activate the previous version at any time under Model versions.")
+def _confirm_buttons(version: str, verb: str, apply, key: str) -> None:
+    """'Yes, <verb> <version>' runs ``apply(version, actor=who)`` and makes it the active model; Cancel closes."""
     c1, c2 = st.columns(2)
-    if c1.button(f"Yes, promote {version}", type="primary", key="sc_promote_yes"):
+    if c1.button(f"Yes, {verb} {version}", type="primary", key=f"{key}_yes"):
         try:
-            ws.promote(version, actor=who)
+            apply(version, actor=who)
         except (ValueError, PermissionError) as exc:
             st.error(str(exc))
         else:
             st.session_state["sc_candidate"] = None
             st.session_state["sc_promoted"] = version
             st.rerun()
-    if c2.button("Cancel", key="sc_promote_no"):
+    if c2.button("Cancel", key=f"{key}_no"):
         st.rerun()
+
+
+@st.dialog("Promote this version?")
+def confirm_promote(version: str, summary: str):
+    st.markdown(f"**{version}** becomes the active model for everyone using this server: new segmentations, "
+                f"reviews and fine-tunes start from it. {summary}")
+    st.caption("You can re-activate the previous version at any time under Model versions.")
+    _confirm_buttons(version, "promote", ws.promote, "sc_promote")
 
 
 @st.dialog("Activate without the gate?")
 def confirm_activate(version: str, why: str):
     st.markdown(f"**{version}** cannot pass the promotion gate: {why}. Activating it anyway makes it the model "
                 "everyone segments, corrects and reviews with, including its classes.")
-    c1, c2 = st.columns(2)
-    if c1.button(f"Yes, activate {version}", type="primary", key="sc_activate_yes"):
-        try:
-            ws.activate(version, actor=who)
-        except (ValueError, PermissionError) as exc:
-            st.error(str(exc))
-        else:
-            st.session_state["sc_candidate"] = None
-            st.session_state["sc_promoted"] = version
-            st.rerun()
-    if c2.button("Cancel", key="sc_activate_no"):
-        st.rerun()
+    _confirm_buttons(version, "activate", ws.activate, "sc_activate")
 
 
 promoted = st.session_state.pop("sc_promoted", None)
