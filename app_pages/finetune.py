@@ -20,6 +20,7 @@ by_id = {c.id: c for c in corrections}
 
 # ---------------------------------------------------------------- data
 st.subheader("Corrected cases")
+copies = identical_copies(corrections)  # older exact repeats: left out of training and never held out
 if not corrections:
     st.info("No saved corrections yet. Correct a mask on the **Correct** page first.")
 else:
@@ -28,7 +29,6 @@ else:
                    "labels": ", ".join((c.class_names[v] if c.class_names and v < len(c.class_names) else str(v))
                                        for v in c.labels if v)} for c in corrections],
                  hide_index=True, width="stretch")
-    copies = identical_copies(corrections)
     for group in duplicate_groups(corrections):
         where = f" (slice {group[0].slice_index})" if group[0].slice_index is not None else ""
         same = sum(c.id in copies for c in group)
@@ -63,7 +63,6 @@ usable = [i for i in by_id if fits[i] is None]
 for i in by_id:
     if fits[i]:
         st.caption(f"Not offered: {correction_label(by_id[i])}: {fits[i]}.")
-copies = identical_copies(corrections) if corrections else set()
 train_ids = st.multiselect("Train on", usable, default=[i for i in usable if i not in copies], key="sc_ft_train",
                            format_func=lambda i: correction_label(by_id[i]),
                            help="Cases left out are held out: they join the evaluation of the candidate.")

@@ -109,8 +109,7 @@ def identical_copies(corrections) -> set[str]:
     both counts one image twice, and holding one out scores the model on an image it trained on."""
     seen, out = set(), set()
     for c in sorted(corrections, key=lambda c: (c.created_at, c.id), reverse=True):  # the newest copy is kept
-        key = (c.scan_sha256 or c.scan_name, getattr(c, "series_uid", None), c.slice_index,
-               getattr(c, "mask_sha256", "") or c.id)
+        key = (c.scan_sha256 or c.scan_name, c.series_uid, c.slice_index, c.mask_sha256 or c.id)
         if key in seen:
             out.add(c.id)
         seen.add(key)

@@ -114,6 +114,24 @@ def atomic_write(path: str | Path, data: bytes | str) -> Path:
     return path
 
 
+def _read_records(folder: Path, read) -> list:
+    """``read(d)`` for every saved record folder ``d`` (one with ``meta.json``) in ``folder``, oldest first.
+
+    Half-written temporaries (hidden names) are ignored, and a damaged record is skipped so it cannot hide the rest.
+    """
+    if not folder.is_dir():
+        return []
+    out = []
+    for d in sorted(folder.iterdir()):
+        if d.name.startswith(".") or not (d / "meta.json").is_file():
+            continue
+        try:
+            out.append(read(d))
+        except (json.JSONDecodeError, KeyError, ValueError, OSError):
+            continue
+    return out
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -281,17 +299,7 @@ class Workspace:
 
     def list_corrections(self) -> list[Correction]:
         """Saved corrections, oldest first (half-written temporary folders are ignored)."""
-        if not self.corrections_dir.is_dir():
-            return []
-        out = []
-        for d in sorted(self.corrections_dir.iterdir()):
-            if d.name.startswith(".") or not (d / "meta.json").is_file():
-                continue
-            try:
-                out.append(self._correction_from_dir(d))
-            except (json.JSONDecodeError, KeyError, ValueError, OSError):
-                continue
-        return out
+        return _read_records(self.corrections_dir, self._correction_from_dir)
 
     def load_correction(self, correction: Correction | str):
         """``(2-D image, mask)`` of a saved correction."""
@@ -540,17 +548,7 @@ class InstanceWorkspace:
                                   int(m["n_instances"]), d, m.get("series_uid"))
 
     def list(self) -> list[InstanceCorrection]:
-        if not self.dir.is_dir():
-            return []
-        out = []
-        for d in sorted(self.dir.iterdir()):
-            if d.name.startswith(".") or not (d / "meta.json").is_file():
-                continue
-            try:
-                out.append(self._record(d))
-            except (json.JSONDecodeError, KeyError, ValueError, OSError):  # a damaged record: skip it, keep the rest
-                continue
-        return out
+        return _read_records(self.dir, self._record)
 
     def training_pairs(self, records: list[InstanceCorrection] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """``(2-D image, instance ids)`` of saved corrections (the slice they were made on)."""

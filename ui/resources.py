@@ -59,21 +59,23 @@ def _load_model(path: str, mtime: float):
     return model, predictor, config
 
 
-def model_for(version: str | None = None):
-    """``(version, keras model, config)`` for a version (the active one by default)."""
+def _loaded(version: str | None):
+    """``(version, keras model, predictor, config)`` for a version (the active one by default)."""
     ws = workspace()
     version = version or ws.active_version()
     path = ws.model_dir(version)
-    model, _, config = _load_model(str(path), (path / "model.keras").stat().st_mtime)
+    return (version, *_load_model(str(path), (path / "model.keras").stat().st_mtime))
+
+
+def model_for(version: str | None = None):
+    """``(version, keras model, config)`` for a version (the active one by default)."""
+    version, model, _, config = _loaded(version)
     return version, model, config
 
 
 def predictor_for(version: str | None = None):
     """``(version, predictor, config)``: what segments in the app (compiled runtime, Keras as fallback)."""
-    ws = workspace()
-    version = version or ws.active_version()
-    path = ws.model_dir(version)
-    _, predictor, config = _load_model(str(path), (path / "model.keras").stat().st_mtime)
+    version, _, predictor, config = _loaded(version)
     return version, predictor, config
 
 
