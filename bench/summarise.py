@@ -266,8 +266,10 @@ def main():
                 *(["| other runs of the same code: wall time | "
                    + ", ".join(f"{o['wall_s']} s" for o in vol["other_runs_same_code"]) + f" | ≤ {vol['target']['wall_s']} s |"]
                   if vol.get("other_runs_same_code") else []),
-                *([f"| before refinement threads (one refinement thread, loaded machine) | "
-                   f"{vol['previous_code']['wall_s']} s | |"] if vol.get("previous_code") else []),
+                *([f"| previous code: wall time / 3-D refinement | "
+                   f"{', '.join(f'{w} s' for w in pc['wall_s'])} / {pc['refine_3d_s']} s | |",
+                   f"| before refinement threads (one refinement thread, loaded machine) | "
+                   f"{pc['older']['wall_s']} s | |"] if (pc := vol.get("previous_code")) else []),
                 *([f"| CPU time: all threads / main thread | {v['cpu_s_all_threads']} s / "
                    f"{v['cpu_s_main_thread']} s | |",
                    f"| estimated wall time on an idle 2-core machine (max of main-thread CPU, all CPU / 2) | "

@@ -1,8 +1,12 @@
-"""3-D refinement and measurements against scipy.ndimage; propagation of corrected slices."""
+"""3-D refinement and measurements against scipy.ndimage and scikit-image; propagation of corrected slices.
+
+`label_3d` wraps scipy.ndimage.label, so components are checked against scikit-image's independent labelling.
+"""
 
 import numpy as np
 import pytest
 from scipy import ndimage
+from skimage import measure
 
 from segcore.volume import (
     VolumeRefineConfig,
@@ -32,12 +36,38 @@ def _same_partition(a, b):
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("conn,rank", [(26, 3), (18, 2), (6, 1)])
-def test_label_3d_matches_scipy(seed, conn, rank):
+def test_label_3d_matches_scikit_image(seed, conn, rank):
     b = _random_volume(seed, p=0.25 + 0.05 * seed)
     n, lab = label_3d(b, conn)
-    ref, n_ref = ndimage.label(b, structure=ndimage.generate_binary_structure(3, rank))
+    if conn == 18:  # scikit-image has no 18-connectivity: checked against scipy's structure instead
+        ref, n_ref = ndimage.label(b, structure=ndimage.generate_binary_structure(3, rank))
+    else:
+        ref, n_ref = measure.label(b, connectivity=rank, return_num=True)
     assert n == n_ref
     np.testing.assert_array_equal(lab, ref)  # same ids too: both number components in raster order
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_remove_small_keep_largest_and_table_match_scikit_image(seed):
+    rng = np.random.default_rng(seed)
+    v = (rng.random((8, 15, 17)) < 0.3).astype(np.uint8) + (rng.random((8, 15, 17)) < 0.15)
+    sp = (2.0, 0.5, 0.75)
+    vox = 2.0 * 0.5 * 0.75
+    expected_small, expected_largest, expected_rows = v.copy(), v.copy(), []
+    for c in (1, 2):
+        ref = measure.label(v == c, connectivity=3)
+        props = measure.regionprops(ref)
+        for p in props:
+            if p.area * vox < 3.0:
+                expected_small[ref == p.label] = 0
+        largest = max(props, key=lambda p: (p.area, -p.label)).label
+        expected_largest[(ref != largest) & (ref > 0)] = 0
+        expected_rows += sorted(((c, p.area, p.bbox, tuple(round(x, 2) for x in p.centroid)) for p in props),
+                                key=lambda r: -r[1])
+    np.testing.assert_array_equal(remove_small_3d(v, 3.0, spacing=sp), expected_small)
+    np.testing.assert_array_equal(keep_largest_3d(v), expected_largest)
+    rows = component_table_3d(v, None, sp)
+    assert [(r["class"], r["voxels"], r["bbox"], r["centroid"]) for r in rows] == expected_rows
 
 
 def test_label_3d_validates():
