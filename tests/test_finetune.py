@@ -49,6 +49,27 @@ FAST = {"crop": SIZE, "batch_size": 4, "learning_rate": 3e-3, "encoder_lr_ratio"
 
 
 # ----------------------------------------------------------------------------- schedule
+def test_crops_oversample_foreground_when_most_corrections_are_empty():
+    """A lesion on 1 of 8 corrections is still in about ``foreground_crop_fraction`` of the crops (nnU-Net style)."""
+    from segcore.finetune import FineTuneSettings, _sample_dataset
+
+    n, size = 8, 64
+    x = np.random.default_rng(0).random((n, size, size, 1)).astype(np.float32)
+    y = np.zeros((n, size, size), np.uint8)
+    y[5, 40:44, 10:14] = 1  # one small lesion on one corrected slice
+
+    def share_with_lesion(fraction):
+        s = FineTuneSettings(crop=16, batch_size=8, foreground_crop_fraction=fraction)
+        it = iter(_sample_dataset(x, y, list(range(n)), s, None, seed=0))
+        hits = [bool(m.numpy().any()) for _ in range(40) for m in next(it)[1]]
+        return float(np.mean(hits))
+
+    assert share_with_lesion(0.5) >= 0.4  # per image it would be 1/8 of half the crops
+    assert share_with_lesion(0.0) < 0.1   # random crops: a 4x4 lesion in a 16 px crop of a 64 px slice, rarely
+    with pytest.raises(Exception):
+        FineTuneSettings(foreground_crop_fraction=1.5)
+
+
 def test_schedule_stops_early_on_held_out_dice():
     from segcore.finetune import FineTuneSettings, adapt
 
