@@ -40,7 +40,7 @@ else:
 
 # ---------------------------------------------------------------- new job
 st.subheader(f"Fine-tune a copy of {active}")
-with st.expander(f"Classes: {', '.join(active_cfg.class_names[1:])} (rename, add, remove, colours)"):
+with st.expander("Classes of the new version (rename, add, remove, colours)"):
     st.caption("The first row is the background. A correction's labels are class numbers: what was drawn as row 2 "
                "trains row 2, whatever its new name. Classes kept by name (or renamed in place) keep what the model "
                "learnt; new ones start fresh.")
@@ -57,6 +57,10 @@ except ValueError as exc:
     names, colors, class_error = active_cfg.class_names, active_cfg.class_colors, str(exc)
     st.error(class_error)
 changed_classes = names != tuple(active_cfg.class_names) or colors != tuple(active_cfg.class_colors) or new_head
+st.caption(f"The new version's classes: **{', '.join(names[1:])}**"
+           + (f" (the active model has {', '.join(active_cfg.class_names[1:])})" if names != tuple(active_cfg.class_names)
+              else " (as the active model)")
+           + (" · new class head" if new_head else ""))
 
 fits = {i: correction_fits(c, names) for i, c in by_id.items()}
 usable = [i for i in by_id if fits[i] is None]

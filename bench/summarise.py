@@ -395,6 +395,16 @@ def finetune_rerun_section(rr) -> list[str]:
         d = c["default"]
         out.append(f"| {c['case']} | {c['n_corrections']} | {d['dice']:.4f} | {d['seconds']} s | {d['steps']} | "
                    f"{c['best_manual']['dice']:.4f} | {c['gap']:+.4f} | {'yes' if c['within_0.02'] else 'no'} |")
+    if rr.get("repeats"):
+        rp = rr["repeats"]
+        dd, mm = [r["dice"] for r in rp["default"]], [r["dice"] for r in rp["manual_90_epochs_lr_1e-3"]]
+        out += ["", f"Repeated runs of {rp['case']} with {rp['n_corrections']} corrections ({rp['note']}):", "",
+                "| | runs | Dice | mean | time per run |", "|---|---|---|---|---|",
+                f"| default | {len(dd)} | {', '.join(f'{v:.4f}' for v in dd)} | {sum(dd) / len(dd):.4f} | "
+                f"{min(r['seconds'] for r in rp['default'])}–{max(r['seconds'] for r in rp['default'])} s |",
+                f"| best manual cell (90 epochs, 1e-3) | {len(mm)} | {', '.join(f'{v:.4f}' for v in mm)} | "
+                f"{sum(mm) / len(mm):.4f} | {min(r['seconds'] for r in rp['manual_90_epochs_lr_1e-3'])}–"
+                f"{max(r['seconds'] for r in rp['manual_90_epochs_lr_1e-3'])} s |"]
     return out + ["", f"{rr.get('load_note', '')} Command: `{rr['command']}`.", ""]
 
 
@@ -404,8 +414,10 @@ def finetune_section(ft) -> list[str]:
         return []
     out = ["## Fine-tuning on real data: automatic defaults vs the best manual setting", "",
            ("`segcore.finetune.adapt` with `FineTuneSettings()` (a hold-out / leave-one-out run watches held-out "
-            "Dice; the early-stopping point is used only if Dice then falls after training settled, otherwise that "
-            "run's model goes on with all corrections for the rest of the 50 s time budget; warm-up + cosine, "
+            "Dice; the early-stopping point is used only if Dice then falls after training settled, by more than "
+            "the curve's own noise, otherwise that run's model goes on with all corrections for the rest of the "
+            "50 s time budget; half the crops drawn from corrections with foreground and centred on it; "
+            "warm-up + cosine, "
             "decoder/head peak 3e-3 below 4 corrections and 1e-3 from 4 out of domain, 2e-4 in domain, encoder 0.3×; "
             "replay only in domain) against a grid of manual settings (epochs × peak learning rate, same "
             "augmentation, trained on all corrections) on real scans never seen by the shipped model. Starting "
@@ -425,6 +437,14 @@ def finetune_section(ft) -> list[str]:
                    f"{p['dice']:.4f} ({p['seconds']} s) | **{d['dice']:.4f}** | {d['seconds']} s | {chose} | "
                    f"{b['epochs']}, {b['learning_rate']:g} | {b['dice']:.4f} ({b['seconds']} s) | {r['gap']:+.4f} | "
                    f"{'yes' if r['within_0.02'] else 'no'} |")
+    if ft.get("previous_code"):
+        pc = ft["previous_code"]
+        out += ["", f"Previous code ({pc['note']}): default Dice per case in its runs, best manual Dice of its grid.",
+                "", "| case | corrections | default Dice (runs) | default time (runs) | best manual Dice |",
+                "|---|---|---|---|---|"]
+        for r in pc["cases"]:
+            out.append(f"| {r['case']} | {r['n_corrections']} | {' / '.join(f'{d:.4f}' for d in r['dice'])} | "
+                       f"{' / '.join(f'{t} s' for t in r['seconds'])} | {r['best_manual']:.4f} |")
     if ft.get("gate"):
         out += ["", ("Promotion gate. The 8 corrections of each case fine-tuned again keeping the shipped class set "
                      "(nuclei as `organ`, lesions as `lesion`) by a real fine-tune job (`segcore.jobs`), which "
