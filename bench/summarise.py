@@ -405,6 +405,13 @@ def finetune_rerun_section(rr) -> list[str]:
                 f"| best manual cell (90 epochs, 1e-3) | {len(mm)} | {', '.join(f'{v:.4f}' for v in mm)} | "
                 f"{sum(mm) / len(mm):.4f} | {min(r['seconds'] for r in rp['manual_90_epochs_lr_1e-3'])}–"
                 f"{max(r['seconds'] for r in rp['manual_90_epochs_lr_1e-3'])} s |"]
+        if rp.get("default_crop_96_not_adopted"):
+            cc = rp["default_crop_96_not_adopted"]
+            dice = ", ".join(f"{r['dice']:.4f}" for r in cc)
+            out.append(f"| default with 96 px crops (tried, not adopted: {cc[0]['steps']}–{cc[-1]['steps']} steps) | "
+                       f"{len(cc)} | {dice} | "
+                       f"{sum(r['dice'] for r in cc) / len(cc):.4f} | {min(r['seconds'] for r in cc)}–"
+                       f"{max(r['seconds'] for r in cc)} s |")
     return out + ["", f"{rr.get('load_note', '')} Command: `{rr['command']}`.", ""]
 
 
