@@ -102,7 +102,8 @@ class FineTuneSettings:
     batch_size, crop : int
         Samples per step and their crop size in model pixels (``crop`` >= ``input_size`` trains on whole images).
     foreground_crop_fraction : float
-        Fraction of crops drawn from the corrections with foreground and centred on a foreground pixel.
+        Fraction of crops drawn from the corrections with foreground and centred on a foreground pixel (the rest
+        from all corrections at random places; at 1 the corrections without foreground are not used).
     max_epochs : int or None
         Upper bound on the epochs of one hold-out run (automatic: whatever ``time_budget_s`` allows, at most 400).
     patience_epochs, min_patience_steps : int
@@ -571,26 +572,27 @@ def _sample_dataset(x: np.ndarray, y: np.ndarray, idx: Sequence[int], settings: 
         left = tf.clip_by_value(centre[1] - crop // 2, 0, w - crop)
         return img[top:top + crop, left:left + crop], m[top:top + crop, left:left + crop]
 
-    def pipeline(rows, s, centred: bool):
-        xa, ya = x[rows], y[rows]
+    def pipeline(xa, ya, s, centred: bool):
         ds = tf.data.Dataset.from_tensor_slices((xa, ya)).repeat().shuffle(max(16, len(xa)), seed=s)
         return ds.map(lambda a, b: crop_fn(*augment(a, b), centred), num_parallel_calls=2)
 
+    def oversampled(xa, ya, s):
+        """Crops of ``xa, ya``: ``p_fg`` of them from the images with foreground, centred on it."""
+        with_fg = [i for i in range(len(ya)) if (ya[i] > 0).any()]
+        if crop >= min(h, w) or not with_fg or p_fg <= 0:
+            return pipeline(xa, ya, s, False)
+        if p_fg >= 1:
+            return pipeline(xa[with_fg], ya[with_fg], s, True)
+        return tf.data.Dataset.sample_from_datasets(
+            [pipeline(xa[with_fg], ya[with_fg], s, True), pipeline(xa, ya, s + 2, False)],
+            weights=[p_fg, 1 - p_fg], seed=s + 3)
+
     rows = list(idx)
-    with_fg = [i for i in rows if (y[i] > 0).any()]
-    if crop >= min(h, w) or not with_fg or p_fg <= 0:
-        ds = pipeline(rows, seed, False)
-    elif p_fg >= 1:
-        ds = pipeline(with_fg, seed, True)
-    else:
+    ds = oversampled(x[rows], y[rows], seed)
+    if replay is not None:  # the replay set is oversampled the same way: its small structures stay in view
         ds = tf.data.Dataset.sample_from_datasets(
-            [pipeline(with_fg, seed, True), pipeline(rows, seed + 2, False)], weights=[p_fg, 1 - p_fg], seed=seed)
-    if replay is not None:
-        rx, ry = replay
-        rs = tf.data.Dataset.from_tensor_slices((rx, ry)).repeat().shuffle(max(16, len(rx)), seed=seed + 1)
-        rs = rs.map(lambda a, b: crop_fn(*augment(a, b), False), num_parallel_calls=2)
-        ds = tf.data.Dataset.sample_from_datasets(
-            [ds, rs], weights=[1 - settings.replay_fraction, settings.replay_fraction], seed=seed)
+            [ds, oversampled(replay[0], replay[1], seed + 10)],
+            weights=[1 - settings.replay_fraction, settings.replay_fraction], seed=seed + 4)
     # no tf.data autotuning: its optimisation thread made dropping an iterator wait up to 17 s (idle) at the end
     # of a run, which pushed 8-correction fine-tunes past their time budget; fixed parallelism is as fast here
     options = tf.data.Options()
@@ -670,7 +672,8 @@ def _execute(trainer: _Trainer, run: _Run, x, y, settings: FineTuneSettings, rep
         if xv is not None and (step % run.eval_every == 0 or step == run.max_steps):
             d = _dice_on(trainer.net, xv, yv, k)
             rec["val_dice"] = d
-            curve.append(d)
+            if step >= run.min_steps:  # the all-background start and the jump out of it are not noise
+                curve.append(d)
             if d > best + 1e-4:
                 best, best_step, waited = d, step, 0
             else:
@@ -689,7 +692,9 @@ def _execute(trainer: _Trainer, run: _Run, x, y, settings: FineTuneSettings, rep
 def _fall_and_noise(curve: Sequence[float]) -> tuple[float, float]:
     """How far a held-out Dice curve fell after its best, and the fall its noise alone would explain.
 
-    The fall is from the best mean of 3 consecutive evaluations to the mean of the last 3. The noise is the
+    ``curve`` holds the evaluations made once training settled (the all-background start of a new head and the
+    jump out of it are left out). The fall is from the best mean of 3 consecutive evaluations to the mean of the
+    last 3. The noise is the
     evaluation-to-evaluation scatter (``std(diff) / sqrt(2)`` per evaluation), turned into two standard errors of a
     difference of two 3-means: a held-out set with one small lesion jumps by 0.2-0.4 between evaluations, and
     such a jump is not over-fitting.

@@ -174,8 +174,8 @@ def fill_holes_3d(labels: np.ndarray, classes: Sequence[int] | None = None) -> n
     """Fill background cavities enclosed by one class in 3-D.
 
     A cavity is a 6-connected component of voxels that are not of class ``c``, not touching the volume border,
-    all of whose voxels are background (a cavity holding another class is left alone). Classes are filled in
-    increasing order, each seeing the fills of the ones before.
+    all of whose voxels are background (a cavity holding another class is left alone). Classes are filled in the
+    order given (increasing when ``classes`` is None), each seeing the fills of the ones before.
 
     Examples
     --------

@@ -58,15 +58,29 @@ def test_crops_oversample_foreground_when_most_corrections_are_empty():
     y = np.zeros((n, size, size), np.uint8)
     y[5, 40:44, 10:14] = 1  # one small lesion on one corrected slice
 
-    def share_with_lesion(fraction):
-        s = FineTuneSettings(crop=16, batch_size=8, foreground_crop_fraction=fraction)
-        it = iter(_sample_dataset(x, y, list(range(n)), s, None, seed=0))
-        hits = [bool(m.numpy().any()) for _ in range(40) for m in next(it)[1]]
-        return float(np.mean(hits))
+    replay = (np.zeros((4, size, size, 1), np.float32), np.zeros((4, size, size), np.uint8))  # black: told apart
+    replay[1][2, 20:24, 30:34] = 1
 
-    assert share_with_lesion(0.5) >= 0.4  # per image it would be 1/8 of half the crops
+    def crops(images, fraction, with_replay=False):
+        """(crop mean after augmentation, has lesion) for 320 crops."""
+        s = FineTuneSettings(crop=16, batch_size=8, foreground_crop_fraction=fraction, replay_fraction=0.5)
+        it = iter(_sample_dataset(images, y, list(range(n)), s, replay if with_replay else None, seed=0))
+        return [(float(xb.numpy().mean()), bool(m.numpy().any())) for _ in range(40) for xb, m in zip(*next(it))]
+
+    def share_with_lesion(fraction):
+        return float(np.mean([hit for _, hit in crops(x, fraction)]))
+
+    dark = x.copy()
+    dark[5] *= 0.2  # the lesion slice dark, the empty ones mid-grey: a crop's brightness tells them apart
+    half = crops(dark, 0.5)
+    assert np.mean([hit for _, hit in half]) >= 0.4  # per image it would be 1/8 of half the crops
+    assert np.mean([v > 0.3 for v, _ in half]) >= 0.3  # the empty corrections are still trained on (7/16 expected)
+    assert 0.7 <= share_with_lesion(0.8) <= 0.95
     assert share_with_lesion(0.0) < 0.1   # random crops: a 4x4 lesion in a 16 px crop of a 64 px slice, rarely
-    with pytest.raises(Exception):
+    mixed = crops(x, 0.5, with_replay=True)
+    from_replay = [hit for v, hit in mixed if v < 0.2]
+    assert 0.35 <= len(from_replay) / len(mixed) <= 0.65 and np.mean(from_replay) >= 0.35  # replay oversampled too
+    with pytest.raises(ValueError, match="foreground_crop_fraction must be in"):
         FineTuneSettings(foreground_crop_fraction=1.5)
 
 
