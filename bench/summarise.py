@@ -444,9 +444,11 @@ def finetune_section(ft) -> list[str]:
                    f"{p['dice']:.4f} ({p['seconds']} s) | **{d['dice']:.4f}** | {d['seconds']} s | {chose} | "
                    f"{b['epochs']}, {b['learning_rate']:g} | {b['dice']:.4f} ({b['seconds']} s) | {r['gap']:+.4f} | "
                    f"{'yes' if r['within_0.02'] else 'no'} |")
-    if ft.get("previous_code"):
-        pc = ft["previous_code"]
-        out += ["", f"Previous code ({pc['note']}): default Dice per case in its runs, best manual Dice of its grid.",
+    for key, what in (("earlier_runs", "Earlier runs"), ("previous_code", "Previous code")):
+        if not ft.get(key):
+            continue
+        pc = ft[key]
+        out += ["", f"{what} ({pc['note']}): default Dice per case in its runs, best manual Dice of its grid.",
                 "", "| case | corrections | default Dice (runs) | default time (runs) | best manual Dice |",
                 "|---|---|---|---|---|"]
         for r in pc["cases"]:
