@@ -138,7 +138,8 @@ def test_two_reviewers_agreement(db):
     assert rows[0]["disagreement_px"] == int((ref != other).sum())
 
 
-def test_agreement_keeps_two_reviewers_who_share_a_display_name_apart(db):
+def _two_ann_lees(db):
+    """A store, two signed-in reviewers who share the display name "Ann Lee", and one case with its mask."""
     from segcore.auth import Identity
 
     st = db.open()
@@ -146,7 +147,11 @@ def test_agreement_keeps_two_reviewers_who_share_a_display_name_apart(db):
     ann2 = Identity("idp|222", "Ann Lee", roles=frozenset({"reviewer"}), authenticated=True)
     sid = st.create_session("s", ann1, "v1")
     raw, ref = _masks()
-    cid = st.add_case(sid, b"x", "x.png", raw, ref)
+    return st, ann1, ann2, st.add_case(sid, b"x", "x.png", raw, ref), ref
+
+
+def test_agreement_keeps_two_reviewers_who_share_a_display_name_apart(db):
+    st, ann1, ann2, cid, ref = _two_ann_lees(db)
     other = ref.copy()
     other[:, :32] = 0
     st.record_verdict(cid, ann1, "accept")
@@ -158,14 +163,7 @@ def test_agreement_keeps_two_reviewers_who_share_a_display_name_apart(db):
 
 
 def test_edits_in_progress_belong_to_their_author_not_to_a_display_name(db):
-    from segcore.auth import Identity
-
-    st = db.open()
-    ann1 = Identity("idp|111", "Ann Lee", roles=frozenset({"reviewer"}), authenticated=True)
-    ann2 = Identity("idp|222", "Ann Lee", roles=frozenset({"reviewer"}), authenticated=True)
-    sid = st.create_session("s", ann1, "v1")
-    raw, ref = _masks()
-    cid = st.add_case(sid, b"x", "x.png", raw, ref)
+    st, ann1, ann2, cid, ref = _two_ann_lees(db)
     edit = ref.copy()
     edit[:8] = 2
     st.add_mask_version(cid, ann1, edit)

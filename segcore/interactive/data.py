@@ -63,13 +63,18 @@ def stardist_split(root: str | Path, *, min_area: int = 30):
     train_planes += [(img[:, :, x], ids[:, :, x]) for x in range(0, c, 2)]
     if np.isin(ids[:, :, :c], test_ids).any():  # by construction never; guards a changed split rule
         raise RuntimeError("a held-out stardist nucleus reaches into the training sub-volume")
-    test = []
+    return train_planes, _nucleus_sections(img, ids, test_ids, min_area, "stardist")
+
+
+def _nucleus_sections(img: np.ndarray, ids: np.ndarray, nuclei, min_area: int, source: str) -> list:
+    """``(slice, mask, meta)`` for each z cross-section of ``nuclei`` with at least ``min_area`` pixels."""
+    out = []
     for z in range(img.shape[0]):
-        for i in test_ids:
+        for i in nuclei:
             m = ids[z] == i
             if m.sum() >= min_area:
-                test.append((img[z], m, {"source": "stardist", "z": z, "nucleus": i, "area": int(m.sum())}))
-    return train_planes, test
+                out.append((img[z], m, {"source": source, "z": z, "nucleus": i, "area": int(m.sum())}))
+    return out
 
 
 def radiomics_objects(root: str | Path, *, min_area: int = 10):
@@ -109,13 +114,7 @@ def stardist_train_nuclei(root: str | Path, *, min_area: int = 30):
     ids = tifffile.imread(root / "mask3d.tif").astype(np.int32)
     labels = [int(i) for i in np.unique(ids) if i > 0]
     inside = sorted(i for i in labels if int(np.nonzero(ids == i)[2].max()) < STARDIST_SPLIT_X)
-    out = []
-    for z in range(img.shape[0]):
-        for i in inside:
-            m = ids[z] == i
-            if m.sum() >= min_area:
-                out.append((img[z], m, {"source": "stardist_train", "z": z, "nucleus": i, "area": int(m.sum())}))
-    return out
+    return _nucleus_sections(img, ids, inside, min_area, "stardist_train")
 
 
 def validation_objects(root: str | Path, shared: str | Path | None, *, n_nuclei: int = 80, n_synth: int = 60,
