@@ -19,7 +19,6 @@ import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import cv2
 import numpy as np
@@ -125,14 +124,16 @@ def _drop_components(out: np.ndarray, found, drop: np.ndarray) -> None:
         region[fg] = np.where(drop[lab[fg]], 0, region[fg])
 
 
-def _per_class(fn: Callable[[int], Any], classes: list[int]) -> list:
-    """``fn`` for each class, two at a time (the labelling and counting release the GIL)."""
-    if len(classes) < 2:
-        return [fn(c) for c in classes]
+def _labelled_classes(labels: np.ndarray, classes: Sequence[int] | None, connectivity: int) -> list:
+    """:func:`_labelled_class` for each class (None for an absent one), two classes at a time (the labelling and
+    counting release the GIL). Each reads only its own voxels of ``labels``."""
+    cs = _classes(labels, classes)
+    if len(cs) < 2:
+        return [_labelled_class(labels, c, connectivity) for c in cs]
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=2) as ex:
-        return list(ex.map(fn, classes))
+        return list(ex.map(lambda c: _labelled_class(labels, c, connectivity), cs))
 
 
 def remove_small_3d(labels: np.ndarray, min_volume: float, *, spacing: Sequence[float] | None = None,
@@ -151,7 +152,7 @@ def remove_small_3d(labels: np.ndarray, min_volume: float, *, spacing: Sequence[
     vox = _voxel_mm3(spacing)
     out = labels.copy()
     # each class reads only its own voxels of the input and clears only those: the classes are independent
-    for found in _per_class(lambda c: _labelled_class(labels, c, connectivity), _classes(labels, classes)):
+    for found in _labelled_classes(labels, classes, connectivity):
         if found is not None:
             _drop_components(out, found, found[3] * vox < min_volume)
     return out
@@ -161,11 +162,12 @@ def keep_largest_3d(labels: np.ndarray, classes: Sequence[int] | None = None, co
     """Keep only the largest 3-D component of each class (ties: the first in raster order)."""
     labels = _check_volume(labels)
     out = labels.copy()
-    for found in _per_class(lambda c: _labelled_class(labels, c, connectivity), _classes(labels, classes)):
+    for found in _labelled_classes(labels, classes, connectivity):
         if found is None or found[3].size <= 2:
             continue
-        drop = np.ones(found[3].size, bool)
-        drop[1 + int(np.argmax(found[3][1:]))] = False
+        sizes = found[3]
+        drop = np.ones(sizes.size, bool)
+        drop[1 + int(np.argmax(sizes[1:]))] = False
         _drop_components(out, found, drop)
     return out
 
