@@ -146,7 +146,7 @@ def smart_click_samples(b, url: str, n: int) -> dict[str, list[float]]:
         pg.goto(url + "/?reviewer=Bench")
         wait_figure(pg)
         pg.get_by_role("link", name="Correct").first.click()
-        pg.get_by_role("heading", name="Correct").wait_for(timeout=60_000)
+        pg.get_by_role("heading", name="Correct", exact=True).wait_for(timeout=60_000)
         pg.wait_for_function(IDLE, timeout=120_000)
         fig = pg.locator(".js-plotly-plot").first
         fig.wait_for(timeout=60_000)

@@ -94,7 +94,7 @@ def test_segment_correct_finetune_promote(app_server, browser):
 
     # correct
     page.get_by_role("link", name="Correct").first.click()
-    page.get_by_role("heading", name="Correct").wait_for(timeout=30_000)
+    page.get_by_role("heading", name="Correct", exact=True).wait_for(timeout=30_000)
     _wait_idle(page)
     page.get_by_text("Brush", exact=True).click()
     _wait_idle(page)
@@ -174,7 +174,7 @@ def test_two_reviewers_same_case_agreement(app_server, browser):
         browser.new_context(viewport={"width": 1400, "height": 1000})
     a, b = ctx_a.new_page(), ctx_b.new_page()
     a.goto(url + "/review?reviewer=Dr+A")
-    a.get_by_role("heading", name="Review").wait_for(timeout=60_000)
+    a.get_by_role("heading", name="Review", exact=True).wait_for(timeout=60_000)
     _wait_idle(a)
     a.get_by_label("Session name").fill("Phantom batch")
     a.get_by_role("button", name="Start session").click()
@@ -242,7 +242,7 @@ def test_polygon_fill_is_saved_as_drawn_and_review_point_is_clicked(app_server, 
     page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
     _wait_idle(page)
     page.get_by_role("link", name="Correct").first.click()
-    page.get_by_role("heading", name="Correct").wait_for(timeout=30_000)
+    page.get_by_role("heading", name="Correct", exact=True).wait_for(timeout=30_000)
     _wait_idle(page)
     cls = page.locator("[data-testid='stSelectbox']", has_text="Class").first
     cls.locator("input").click()
@@ -284,7 +284,7 @@ def test_polygon_fill_is_saved_as_drawn_and_review_point_is_clicked(app_server, 
 
     # Review: the comment's point is clicked on the image, not typed
     page.get_by_role("link", name="Review").first.click()
-    page.get_by_role("heading", name="Review").wait_for(timeout=30_000)
+    page.get_by_role("heading", name="Review", exact=True).wait_for(timeout=30_000)
     _wait_idle(page)
     progress = page.get_by_text(re.compile(r"Dr Poly: \d+ of \d+ reviewed"))
     page.get_by_label("Session name").or_(progress).first.wait_for(timeout=60_000)
@@ -348,7 +348,7 @@ def test_smart_click_segments_an_object_and_saves_it(app_server, browser):
     page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
     _wait_idle(page)
     page.get_by_role("link", name="Correct").first.click()
-    page.get_by_role("heading", name="Correct").wait_for(timeout=30_000)
+    page.get_by_role("heading", name="Correct", exact=True).wait_for(timeout=30_000)
     _wait_idle(page)
     fig = page.locator(".js-plotly-plot").first
     fig.wait_for(timeout=30_000)
