@@ -6,12 +6,14 @@ TensorFlow; here the server reports healthy only once they are loaded. Arguments
     .venv/bin/python scripts/serve.py --server.port 8501
 """
 
+import gc
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import plotly.graph_objects  # noqa: E402,F401
 import plotly.subplots  # noqa: E402,F401
 
@@ -27,6 +29,15 @@ if __name__ == "__main__":
 
     # export the shipped model to the compiled runtime once (cached beside it), so no page view waits for that
     load_predictor(ROOT / "sample_data" / "models" / "default")[0].load()
+    # and the Smart click network (exported to the compiled runtime on its first call), so no first click waits
+    from segcore.interactive import load_model as load_click_model
+
+    click = load_click_model()
+    click.predict(np.zeros((1, click.config.net_size, click.config.net_size, click.config.channels), np.float32))
+    # hide the ~400,000 objects of TensorFlow, Keras and the imports from the full collections Streamlit runs after
+    # every script run (ui.resources.settle_heap says why and does the same after each model load)
+    gc.collect()
+    gc.freeze()
 
     sys.argv = ["streamlit", "run", str(ROOT / "app.py"), *sys.argv[1:]]
     sys.exit(main())

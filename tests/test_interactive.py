@@ -324,6 +324,29 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_allclose(back.predict(x), m.predict(x), atol=1e-6)
 
 
+def test_compiled_runtime_gives_the_keras_probabilities_and_masks(model):
+    """The shipped model predicts through OpenVINO (segcore.runtime); Keras is the reference."""
+    from segcore.interactive import ClickModel
+    from segcore.interactive.model import DEFAULT_MODEL_DIR
+
+    reference = ClickModel.load(DEFAULT_MODEL_DIR, runtime="keras")
+    img, ell, a, b = _scene(seed=3)
+    x = np.random.default_rng(1).random((3, model.config.net_size, model.config.net_size, model.config.channels))
+    np.testing.assert_allclose(model.predict(x.astype(np.float32)), reference.predict(x.astype(np.float32)),
+                               atol=1e-5)
+    assert model.runtime == "openvino-f32" and reference.runtime == "keras"
+    for gt in (ell, a | b):
+        clicks, ours, theirs = [], None, None
+        for _ in range(4):
+            click = next_click(gt, ours)
+            if click is None:
+                break
+            clicks.append(click)
+            ours = segment(img, clicks, previous=ours, model=model)
+            theirs = segment(img, clicks, previous=theirs, model=reference)
+            assert (ours != theirs).sum() <= 2  # a pixel at exactly the threshold may fall either way
+
+
 # ---------------------------------------------------------------- GrabCut baseline
 
 

@@ -96,6 +96,10 @@ def test_figure_hover_and_click_layers(model, root):
     assert heat.customdata.shape[-1] == 3 and heat.customdata[..., 1].max() == 2  # raw class ids
     assert "class ids: 1 organ · 2 lesion" in fig.layout.title.text
     assert fig.layout.height < 720  # sized to the aspect, no empty band
+    # the first click adds a mark to an existing trace: the browser updates the figure instead of redrawing it
+    clicked = image_panels([("p", gray, None)], clickable=True, marks=[(10, 20, "#2ecc71")])
+    assert [t.type for t in image_panels([("p", gray, None)], clickable=True).data] == [t.type for t in clicked.data]
+    assert list(clicked.data[-1].x) == [20] and list(clicked.data[-1].y) == [10]
 
 
 def test_instance_labels_do_not_overlap():

@@ -9,6 +9,7 @@ a key, because it never changes what is computed.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import json
 import os
@@ -49,6 +50,21 @@ def review_store():
     return ReviewStore(data_dir=workspace().root)
 
 
+def settle_heap() -> None:
+    """Collect garbage once, then hide every object alive now from later collections (``gc.freeze``).
+
+    Streamlit runs a full garbage collection after every script run, fragment reruns included, and Keras'
+    ``clear_session`` (which Streamlit calls after every run once Keras is imported) runs another. With TensorFlow
+    and the models loaded each scans ~400,000 long-lived objects: ~0.2 s, twice per click of the Smart click
+    tool (measured with py-spy on the server, bench/app_latency.py). Frozen objects are skipped, so those
+    collections only scan what the runs created. Called after each model load (and by scripts/serve.py after
+    its imports); unfreezing first lets the collection reclaim what an evicted model left in reference cycles.
+    """
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
 def _load_model(path: str, mtime: float):
     """``(keras model, compiled predictor, config)``: the predictor (segcore.runtime, OpenVINO f32 by default:
@@ -56,7 +72,18 @@ def _load_model(path: str, mtime: float):
     from segcore.runtime import load_predictor
 
     predictor, model, config = load_predictor(path)
+    settle_heap()
     return model, predictor, config
+
+
+@st.cache_resource(show_spinner="Loading the Smart click model…")
+def click_model():
+    """The shipped click-prompt network (segcore.interactive)."""
+    from segcore.interactive import load_model
+
+    model = load_model()
+    settle_heap()
+    return model
 
 
 def _loaded(version: str | None):
@@ -139,7 +166,9 @@ def instance_workspace():
 def _load_maskrcnn(path: str, mtime: float):
     from segcore.instances.maskrcnn import MaskRCNN
 
-    return MaskRCNN.load(path)
+    model = MaskRCNN.load(path)
+    settle_heap()
+    return model
 
 
 def maskrcnn(version: str | None = None):

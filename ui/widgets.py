@@ -177,7 +177,8 @@ def smart_click(image, display, layer, positive: bool, key: str, *, accept, acce
     """
     from segcore.annotate import prompt_from_selection
     from segcore.figures import image_panels
-    from segcore.interactive import load_model, segment
+    from segcore.interactive import segment
+    from ui.resources import click_model
 
     ss = st.session_state
     pk = f"{key}_prompt"
@@ -198,7 +199,7 @@ def smart_click(image, display, layer, positive: bool, key: str, *, accept, acce
                 prompt["clicks"].append(value)
             try:
                 prompt["proposal"] = segment(image, prompt["clicks"], box=prompt["box"],
-                                             previous=prompt["proposal"], model=load_model())
+                                             previous=prompt["proposal"], model=click_model())
             except ValueError as exc:
                 st.error(str(exc))
 
@@ -208,7 +209,7 @@ def smart_click(image, display, layer, positive: bool, key: str, *, accept, acce
 
     def undo():
         prompt["clicks"].pop()
-        prompt["proposal"] = (segment(image, prompt["clicks"], box=prompt["box"], model=load_model())
+        prompt["proposal"] = (segment(image, prompt["clicks"], box=prompt["box"], model=click_model())
                               if prompt["clicks"] or prompt["box"] else None)
 
     def discard():

@@ -4,6 +4,12 @@ A compact U-Net maps the ``B,N,N,6`` prompt encoding of :mod:`segcore.interactiv
 to ``B,N,N,1`` object probabilities (sigmoid). The model folder holds ``model.keras``
 (loaded with ``safe_mode=True``), ``config.json`` (:class:`InteractiveConfig`: crop
 size, normalisation, channels, training record) and ``MODEL_CARD.md``.
+
+A model loaded from its folder predicts through :mod:`segcore.runtime`'s compiled CPU runtime (OpenVINO f32 by
+default; exported once and cached beside the model, Keras as the fallback): 4.5 ms against Keras' 7.4 ms per
+128x128 prompt on 2 cores, with probabilities within 1e-6 of Keras. It also keeps the app's clicks fast: the
+Streamlit server calls ``keras.backend.clear_session()`` after every script run, which empties TensorFlow's
+kernel cache, and the next Keras call then took 68 ms instead of 7 ms.
 """
 
 from __future__ import annotations
@@ -109,23 +115,38 @@ class ClickModel:
     """A loaded click network and its :class:`InteractiveConfig`; treat as read-only and share it.
 
     :meth:`predict` runs a compiled graph for a fixed input size, which keeps a
-    single-prompt call in the low milliseconds on a CPU.
+    single-prompt call in the low milliseconds on a CPU: with ``directory`` (the saved model's folder) and a
+    ``runtime`` other than ``"keras"``, a :class:`segcore.runtime.CompiledPredictor`; otherwise a traced Keras
+    call.
     """
 
-    def __init__(self, keras_model, config: InteractiveConfig):
+    def __init__(self, keras_model, config: InteractiveConfig, directory: str | Path | None = None,
+                 runtime: str = "auto"):
         import tensorflow as tf
+
+        from ..runtime import compiled_predictor
 
         self.keras_model = keras_model
         self.config = config
         spec = tf.TensorSpec((None, config.net_size, config.net_size, config.channels), tf.float32)
         self._predict = tf.function(lambda x: keras_model(x, training=False), input_signature=[spec],
                                     reduce_retracing=True)
+        compiled = compiled_predictor(keras_model, directory, runtime) if directory is not None else keras_model
+        self._compiled = None if compiled is keras_model else compiled
+
+    @property
+    def runtime(self) -> str:
+        """What runs :meth:`predict`: ``"keras"`` or the compiled runtime's label once it ran (e.g.
+        ``"openvino-f32"``, or ``"keras"`` after a fallback)."""
+        return "keras" if self._compiled is None else (self._compiled.active or "not run yet")
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """``B,N,N,C`` float32 encodings -> ``B,N,N`` probabilities."""
         batch = np.asarray(batch, np.float32)
         if batch.ndim == 3:
             batch = batch[None]
+        if self._compiled is not None:
+            return np.asarray(self._compiled(batch, training=False))[..., 0]
         return np.asarray(self._predict(batch))[..., 0]
 
     def save(self, directory: str | Path, card: str | None = None) -> Path:
@@ -141,8 +162,8 @@ class ClickModel:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "ClickModel":
-        """Load a folder written by :meth:`save` (``safe_mode=True``)."""
+    def load(cls, directory: str | Path, runtime: str = "auto") -> "ClickModel":
+        """Load a folder written by :meth:`save` (``safe_mode=True``); ``runtime`` as in :mod:`segcore.runtime`."""
         import keras
 
         directory = Path(directory)
@@ -151,7 +172,7 @@ class ClickModel:
                                     "written by ClickModel.save (python -m segcore train-interactive).")
         config = InteractiveConfig.from_dict(json.loads((directory / "config.json").read_text()))
         model = keras.saving.load_model(directory / "model.keras", compile=False, safe_mode=True)
-        return cls(model, config)
+        return cls(model, config, directory, runtime)
 
 
 @functools.lru_cache(maxsize=4)
