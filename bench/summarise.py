@@ -226,6 +226,10 @@ def main():
                 b = before.get(key)
                 cells += f" {b} s | {app[key] / b:.2f} |" if b else " – | – |"
             out.append(cells + (f" ≤ {target:g} s |" if target else " |"))
+        nofreeze = (app.get("ablation") or {}).get("no_gc_freeze")
+        if nofreeze:
+            out += ["", f"Ablation ({app['ablation']['note']}): " + ", ".join(
+                f"{label.split(' →')[0]} {nofreeze[key]} s" for label, key, _ in rows if key in nofreeze) + "."]
         if "crf_in_app_over_library" in app:
             out += ["", f"CRF step inside the app {app['crf_in_app_ms_median']} ms vs the library's `dense_crf` "
                         f"{app['crf_library_ms_median']} ms on the same 512×512 slice and parameters in the same run "
@@ -412,6 +416,19 @@ def finetune_rerun_section(rr) -> list[str]:
                        f"{len(cc)} | {dice} | "
                        f"{sum(r['dice'] for r in cc) / len(cc):.4f} | {min(r['seconds'] for r in cc)}–"
                        f"{max(r['seconds'] for r in cc)} s |")
+        tried = rp.get("tried_later")
+        if tried:
+            out += ["", f"Settings tried later (commit {tried['commit']}): {tried['note']}.", "",
+                    "| setting | seeds | Dice | mean | within 0.02 of 0.8941 | time per run |",
+                    "|---|---|---|---|---|---|"]
+            for row in tried["rows"]:
+                dice = row["dice"]
+                out.append(f"| {row['setting']} | {', '.join(map(str, row['seeds']))} | "
+                           f"{', '.join(f'{v:.4f}' for v in dice)} | {sum(dice) / len(dice):.4f} | "
+                           f"{sum(v >= 0.8941 - 0.02 for v in dice)} of {len(dice)} | "
+                           f"{min(row['seconds'])}–{max(row['seconds'])} s |")
+            out += [""] + [f"- {row['setting']}, not adopted: {row['not_adopted']}." for row in tried["rows"]
+                           if row.get("not_adopted")] + [f"- {line}." for line in tried.get("other", [])]
     return out + ["", f"{rr.get('load_note', '')} Command: `{rr['command']}`.", ""]
 
 

@@ -7,6 +7,7 @@ TensorFlow; here the server reports healthy only once they are loaded. Arguments
 """
 
 import gc
+import os
 import sys
 from pathlib import Path
 
@@ -36,8 +37,9 @@ if __name__ == "__main__":
     click.predict(np.zeros((1, click.config.net_size, click.config.net_size, click.config.channels), np.float32))
     # hide the ~400,000 objects of TensorFlow, Keras and the imports from the full collections Streamlit runs after
     # every script run (ui.resources.settle_heap says why and does the same after each model load)
-    gc.collect()
-    gc.freeze()
+    if os.environ.get("SEGCORE_NO_GC_FREEZE") != "1":
+        gc.collect()
+        gc.freeze()
 
     sys.argv = ["streamlit", "run", str(ROOT / "app.py"), *sys.argv[1:]]
     sys.exit(main())
