@@ -59,7 +59,8 @@ def editor():
     corrected, edits = widgets.mask_editor(image, display, base_mask, names, key=tag, colors=colors)
     changed = changed_pixels(base_mask, corrected)
     st.markdown(f"**{edits}** · **{widgets.plural(changed, 'pixel')} changed** from the {start} mask")
-    with st.expander("Preview of the corrected mask", expanded=False):
+    # a toggle, not an expander: a collapsed expander still builds and sends its image on every click
+    if st.toggle("Preview of the corrected mask", key="sc_corr_preview"):
         st.image(overlay(display, corrected, 0.5, colors), width=min(image.shape[1], 720))
     author = state.identity()
     refusal = auth.needs(author, "save_correction")

@@ -128,7 +128,8 @@ def image_panels(
                     np.asarray(refined)[rr, cc] if refined is not None else none,
                     np.asarray(pixel_values, np.float32)[rr, cc]], -1).astype(np.float32),
                     hovertemplate=hover["hovertemplate"].replace("%{z:.1f}", "%{customdata[3]:.1f}"))
-            fig.add_trace(go.Scattergl(x=cc.astype(np.int32), y=rr.astype(np.int32), mode="markers",
+            small = np.int16 if max(h, w) < 32768 else np.int32  # int16: half the bytes sent on every rerun
+            fig.add_trace(go.Scattergl(x=cc.astype(small), y=rr.astype(small), mode="markers",
                                        name=CLICK_TRACE_NAME, showlegend=False,
                                        marker=dict(size=max(6, cstride * 2), opacity=0), **extra), row=1, col=i)
         elif hover is not None:

@@ -59,8 +59,8 @@ def settle_heap() -> None:
     tool (measured with py-spy on the server, bench/app_latency.py). Frozen objects are skipped, so those
     collections only scan what the runs created. Called after each model load (and by scripts/serve.py after
     its imports); unfreezing first lets the collection reclaim what an evicted model left in reference cycles.
-    ``SEGCORE_NO_GC_FREEZE=1`` turns it off: in bench/app_latency.py it made clicks, sliders and uploads faster
-    but view switches, window presets and sample switches ~0.15-0.2 s slower, not yet explained.
+    ``SEGCORE_NO_GC_FREEZE=1`` turns it off (the ablation in bench/results/app.json: every timed action is slower
+    without it, e.g. a view switch 0.53 s instead of 0.31 s).
     """
     if os.environ.get("SEGCORE_NO_GC_FREEZE") == "1":
         return
