@@ -427,6 +427,11 @@ def finetune_rerun_section(rr) -> list[str]:
                            f"{', '.join(f'{v:.4f}' for v in dice)} | {sum(dice) / len(dice):.4f} | "
                            f"{sum(v >= 0.8941 - 0.02 for v in dice)} of {len(dice)} | "
                            f"{min(row['seconds'])}–{max(row['seconds'])} s |")
+            if tried.get("brain1_8"):
+                b8 = tried["brain1_8"]
+                out += ["", f"{b8['note']}: with the final-run boost {', '.join(f'{v:.4f}' for v in b8['final_lr_boost'])} "
+                            f"(mean {sum(b8['final_lr_boost']) / 4:.4f}), without it {', '.join(f'{v:.4f}' for v in b8['no_boost'])} "
+                            f"(mean {sum(b8['no_boost']) / 4:.4f})."]
             out += [""] + [f"- {row['setting']}, not adopted: {row['not_adopted']}." for row in tried["rows"]
                            if row.get("not_adopted")] + [f"- {line}." for line in tried.get("other", [])]
     return out + ["", f"{rr.get('load_note', '')} Command: `{rr['command']}`.", ""]
@@ -442,7 +447,8 @@ def finetune_section(ft) -> list[str]:
             "the curve's own noise, otherwise that run's model goes on with all corrections for the rest of the "
             "50 s time budget; half the crops drawn from corrections with foreground and centred on it; "
             "warm-up + cosine, "
-            "decoder/head peak 3e-3 below 4 corrections and 1e-3 from 4 out of domain, 2e-4 in domain, encoder 0.3×; "
+            "decoder/head peak 3e-3 below 4 corrections and 1e-3 from 4 out of domain (2e-3 in the final run), "
+            "2e-4 in domain, encoder 0.3×; "
             "replay only in domain) against a grid of manual settings (epochs × peak learning rate, same "
             "augmentation, trained on all corrections) on real scans never seen by the shipped model. Starting "
             "point: the shipped U-Net retargeted to the case's classes. Dice = foreground Dice pooled over the test "
@@ -461,7 +467,8 @@ def finetune_section(ft) -> list[str]:
                    f"{p['dice']:.4f} ({p['seconds']} s) | **{d['dice']:.4f}** | {d['seconds']} s | {chose} | "
                    f"{b['epochs']}, {b['learning_rate']:g} | {b['dice']:.4f} ({b['seconds']} s) | {r['gap']:+.4f} | "
                    f"{'yes' if r['within_0.02'] else 'no'} |")
-    for key, what in (("earlier_runs", "Earlier runs"), ("previous_code", "Previous code")):
+    for key, what in (("same_code_runs", "Another run of this code"), ("earlier_runs", "Earlier runs"),
+                      ("previous_code", "Previous code")):
         if not ft.get(key):
             continue
         pc = ft[key]

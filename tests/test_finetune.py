@@ -127,6 +127,17 @@ def test_plateau_without_overfitting_trains_for_the_time_budget():
     assert [h["phase"] for h in res.history].count("final") == res.steps - continued
     assert res.decisions["final_steps_trained"] == res.steps - continued <= res.decisions["final_steps"]
     assert res.seconds < 8 + 4  # the budget holds (plus the last step and bookkeeping)
+    assert res.decisions["final_learning_rate"] == res.learning_rate == 3e-3  # a manual rate is used throughout
+
+
+def test_final_run_peaks_higher_out_of_domain_with_four_or_more_corrections():
+    from segcore.finetune import NEW_DOMAIN_LR, FineTuneSettings, adapt
+
+    model, cfg = tiny(2, ("background", "disc"))
+    ims, ms = disc_case(4)
+    res = adapt(model, cfg, ims, ms, settings=FineTuneSettings(crop=SIZE, batch_size=4, epochs=1))
+    assert res.decisions["domain_dice"] < 0.85  # a new head: out of domain
+    assert res.learning_rate == NEW_DOMAIN_LR and res.decisions["final_learning_rate"] == 2 * NEW_DOMAIN_LR
 
 
 def test_few_corrections_use_leave_one_out_and_manual_override_skips_holdout():
