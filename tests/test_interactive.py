@@ -285,16 +285,23 @@ def test_one_click_on_an_object_larger_than_the_first_window(model):
     assert iou(segment(img, [click], model=model), obj) >= 0.8
 
 
+def _click_sessions(img, gt, n, *models):
+    """A simulated click session on ``gt`` (at most ``n`` clicks, placed on the first model's masks), run by each
+    model; yields ``(click, [mask of each model])`` after every click."""
+    clicks, masks = [], [None] * len(models)
+    for _ in range(n):
+        click = next_click(gt, masks[0])
+        if click is None:
+            return
+        clicks.append(click)
+        masks = [segment(img, clicks, previous=m, model=md) for m, md in zip(masks, models)]
+        yield click, masks
+
+
 def test_every_simulated_click_ends_on_its_own_side(model):
     img, ell, a, b = _scene(seed=2)
     for gt in (ell, a | b):
-        clicks, mask = [], None
-        for _ in range(6):
-            click = next_click(gt, mask)
-            if click is None:
-                break
-            clicks.append(click)
-            mask = segment(img, clicks, previous=mask, model=model)
+        for click, (mask,) in _click_sessions(img, gt, 6, model):
             assert mask[click[0], click[1]] == click[2]
 
 
@@ -336,14 +343,7 @@ def test_compiled_runtime_gives_the_keras_probabilities_and_masks(model):
                                atol=1e-5)
     assert model.runtime == "openvino-f32" and reference.runtime == "keras"
     for gt in (ell, a | b):
-        clicks, ours, theirs = [], None, None
-        for _ in range(4):
-            click = next_click(gt, ours)
-            if click is None:
-                break
-            clicks.append(click)
-            ours = segment(img, clicks, previous=ours, model=model)
-            theirs = segment(img, clicks, previous=theirs, model=reference)
+        for _, (ours, theirs) in _click_sessions(img, gt, 4, model, reference):
             assert (ours != theirs).sum() <= 2  # a pixel at exactly the threshold may fall either way
 
 
