@@ -6,8 +6,6 @@ TensorFlow; here the server reports healthy only once they are loaded. Arguments
     .venv/bin/python scripts/serve.py --server.port 8501
 """
 
-import gc
-import os
 import sys
 from pathlib import Path
 
@@ -36,10 +34,10 @@ if __name__ == "__main__":
     click = load_click_model()
     click.predict(np.zeros((1, click.config.net_size, click.config.net_size, click.config.channels), np.float32))
     # hide the ~400,000 objects of TensorFlow, Keras and the imports from the full collections Streamlit runs after
-    # every script run (ui.resources.settle_heap says why and does the same after each model load)
-    if os.environ.get("SEGCORE_NO_GC_FREEZE") != "1":
-        gc.collect()
-        gc.freeze()
+    # every script run (settle_heap says why; the app calls it again after each model load)
+    from ui.heap import settle_heap
+
+    settle_heap()
 
     sys.argv = ["streamlit", "run", str(ROOT / "app.py"), *sys.argv[1:]]
     sys.exit(main())

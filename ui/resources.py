@@ -9,7 +9,6 @@ a key, because it never changes what is computed.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import hashlib
 import json
 import os
@@ -23,6 +22,7 @@ from segcore.refine import RefineConfig
 from segcore.store import Workspace, default_data_dir
 
 from .catalogue import SAMPLE_DIR
+from .heap import settle_heap
 
 DEFAULT_MODEL_DIR = Path(os.environ.get("SEGCORE_DEFAULT_MODEL", SAMPLE_DIR / "models" / "default"))
 MASKRCNN_DIR = SAMPLE_DIR / "models" / "maskrcnn"
@@ -48,25 +48,6 @@ def review_store():
     from segcore.review import ReviewStore
 
     return ReviewStore(data_dir=workspace().root)
-
-
-def settle_heap() -> None:
-    """Collect garbage once, then hide every object alive now from later collections (``gc.freeze``).
-
-    Streamlit runs a full garbage collection after every script run, fragment reruns included, and Keras'
-    ``clear_session`` (which Streamlit calls after every run once Keras is imported) runs another. With TensorFlow
-    and the models loaded each scans ~400,000 long-lived objects: ~0.2 s, twice per click of the Smart click
-    tool (measured with py-spy on the server, bench/app_latency.py). Frozen objects are skipped, so those
-    collections only scan what the runs created. Called after each model load (and by scripts/serve.py after
-    its imports); unfreezing first lets the collection reclaim what an evicted model left in reference cycles.
-    ``SEGCORE_NO_GC_FREEZE=1`` turns it off (the ablation in bench/results/app.json: every timed action is slower
-    without it, e.g. a view switch 0.53 s instead of 0.31 s).
-    """
-    if os.environ.get("SEGCORE_NO_GC_FREEZE") == "1":
-        return
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
