@@ -347,8 +347,9 @@ def main():
     res["crf_params"] = params
     if short_slider_tries:
         res["slider_6_keyboard_steps_short_tries"] = short_slider_tries  # steps made when focus was lost
-    res["note"] = ("each figure from the action until the page's figures show the change (their image data or the "
-                   "caption under them) and the script is idle; warm server unless 'cold'")
+    res["note"] = ("each figure from the action until the page's figures show the change (sample, view and window "
+                   "switches: exactly the figure an untimed first pass settled on; sliders and clicks: the caption "
+                   "under them) and the script is idle; warm server unless 'cold'")
     res["command"] = ".venv/bin/python bench/app_latency.py" + (f" --app-dir {args.app_dir}"
                                                                if app_dir != ROOT else "")
     print(json.dumps(res, indent=1))

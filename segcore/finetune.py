@@ -39,7 +39,8 @@ What :func:`adapt` decides when :class:`FineTuneSettings` is left at its default
    out of domain the final run peaks at twice that (``FINAL_LR_BOOST``): at 1e-3 lung1 with 8 corrections was
    short of steps in 50 s (0.74-0.89 test Dice over seeds), at 2e-3 throughout brain1 with 8 corrections fell
    0.21 held-out Dice in its constant-rate hold-out run; 1e-3 for the hold-out runs and 2e-3 for the decaying
-   final run gave 0.896-0.907 on lung1 and kept every other case within 0.02 (bench/results/finetune.json).
+   final run gave 0.871-0.907 on lung1 (0.896-0.907 in 5 of 6 runs) and left brain1 unchanged over 4 seeds
+   (bench/results/finetune_rerun.json; the full passes in bench/results/finetune.json).
 5. **Augmentation**: :func:`segcore.data.augment` (flips, rot90, affine, photometric) on every sample, then a
    random crop (``crop`` px). Half the crops are drawn from the corrections that have foreground and centred on
    one of its pixels, so a small lesion on 2 of 8 corrected slices is in half the crops, not in an eighth.
