@@ -3,11 +3,13 @@
 Run with ``./scripts/run.sh`` (or ``streamlit run app.py``) and open http://localhost:8501.
 """
 
+from pathlib import Path
+
 import streamlit as st
 
 from ui import auth, resources, state
 
-st.set_page_config(page_title="segcore", page_icon=":material/radiology:", layout="wide")
+st.set_page_config(page_title="segcore", page_icon=str(Path(__file__).parent / "ui" / "icon.png"), layout="wide")
 if not auth.auth_configured():  # local mode: a reload keeps the self-declared name
     st.session_state.setdefault("sc_reviewer", st.query_params.get("reviewer", ""))
 identity = auth.gate()

@@ -13,8 +13,8 @@ Measured, each as a median over several tries on one server:
   was still busy, and under-measured by up to 0.5 s);
 * refinement slider (closing kernel), CRF iterations +1, 6 keyboard steps of a slider (each step is a rerun):
   from the action until the caption under the figure shows the new value and the app is idle;
-* Smart click on Correct (the app's interactive tool, when the app has it): from the mouse click inside the
-  lesion until the caption counts the click and the script is idle (the overlay is redrawn in the same rerun),
+* Smart click on Correct: from the mouse click inside the lesion until the caption counts the click, the click
+  canvas (ui/click_canvas.js) has taken the new data and decoded its new layer image, and the script is idle,
   for the first and a second click, each try in a new browser session;
 * the CRF step time the app reports under the figure vs the library's ``dense_crf`` on the same 512x512 slice
   with the same parameters, measured in this process in the same run (ratio).
@@ -52,6 +52,9 @@ IDLE = ("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
 SIGNATURE = ("() => [...document.querySelectorAll('.js-plotly-plot image')].map(i => (i.getAttribute('href') || "
              "'').length + ':' + (i.getAttribute('href') || '').slice(-40)).join('|') + '#' + "
              "[...document.querySelectorAll('.js-plotly-plot .annotation-text')].map(a => a.textContent).join('|')")
+# the Smart click canvas has drawn new data and its layer image is decoded
+LAYER_SHOWN = ("([root, seq]) => root.dataset.layerSeq !== seq && root.querySelector('.sc-layer').complete"
+               " && root.querySelector('.sc-layer').naturalWidth > 0")
 CAPTION = ("() => [...document.querySelectorAll('[data-testid=\"stCaptionContainer\"]')].map(e => e.innerText)"
            ".find(t => t.includes('step times')) || ''")
 
@@ -167,16 +170,19 @@ def smart_click_samples(b, url: str, n: int) -> dict[str, list[float]]:
         pg.get_by_role("link", name="Correct").first.click()
         pg.get_by_role("heading", name="Correct", exact=True).wait_for(timeout=60_000)
         pg.wait_for_function(IDLE, timeout=120_000)
-        fig = pg.locator(".js-plotly-plot").first
-        fig.wait_for(timeout=60_000)
-        fig.scroll_into_view_if_needed()
+        view = pg.get_by_test_id("sc-click-canvas")  # ui/click_canvas.js
+        view.wait_for(timeout=60_000)
+        view.scroll_into_view_if_needed()
         for key, (r, c), count in (("smart_click_first", (r1, c1), "1 click"),
                                    ("smart_click_second", (r2, c2), "2 clicks")):
-            bb = fig.locator(".nsewdrag").first.bounding_box()
+            bb = view.bounding_box()
             x, y = bb["x"] + (c + 0.5) / w * bb["width"], bb["y"] + (r + 0.5) / h * bb["height"]
+            root = pg.locator(".sc-root").element_handle()  # inside the component's shadow root
+            seq = root.get_attribute("data-layer-seq")
             out[key].append(timed_action(
                 pg, lambda: pg.mouse.click(x, y),
                 lambda: (pg.get_by_text(re.compile(f"^{count} on this object")).wait_for(timeout=60_000),
+                         pg.wait_for_function(LAYER_SHOWN, arg=[root, seq], timeout=60_000),
                          pg.wait_for_function(IDLE, timeout=120_000))))
         ctx.close()
     return out

@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 __all__ = ["apply_strokes", "stroke_to_polyline", "color_to_class", "class_color", "changed_pixels", "apply_object",
-           "prompt_from_selection", "set_slice", "plane_point"]
+           "set_slice", "plane_point"]
 
 
 def class_color(label: int, palette: np.ndarray) -> str:
@@ -228,38 +228,6 @@ def apply_object(mask: np.ndarray, obj: np.ndarray, label: int) -> np.ndarray:
         raise ValueError(f"The object's shape {obj.shape} does not match the mask's {out.shape}.")
     out[obj] = label
     return out
-
-
-def prompt_from_selection(selection: dict | None, positive: bool, shape: tuple[int, int]):
-    """A click or box prompt from a plotly selection event (``st.plotly_chart(on_select=...)``).
-
-    Returns ``("click", (row, col, positive))``, ``("box", (row0, col0, row1, col1))`` or None. Figure x is the
-    image column, y the row (segcore.figures); coordinates are clipped to the image.
-
-    Examples
-    --------
-    >>> prompt_from_selection({"points": [{"x": 12, "y": 30}], "box": []}, True, (64, 64))
-    ('click', (30, 12, True))
-    >>> prompt_from_selection({"points": [], "box": [{"x": [40.6, 10.2], "y": [5.5, 20.9]}]}, True, (64, 64))
-    ('box', (5, 10, 21, 41))
-    """
-    if not selection:
-        return None
-    h, w = shape
-    boxes = selection.get("box") or []
-    if boxes:
-        xs, ys = boxes[0].get("x", []), boxes[0].get("y", [])
-        if len(xs) >= 2 and len(ys) >= 2:
-            r0, r1 = sorted((int(np.clip(np.floor(min(ys)), 0, h - 1)), int(np.clip(np.ceil(max(ys)), 0, h - 1))))
-            c0, c1 = sorted((int(np.clip(np.floor(min(xs)), 0, w - 1)), int(np.clip(np.ceil(max(xs)), 0, w - 1))))
-            if r1 > r0 and c1 > c0:
-                return "box", (r0, c0, r1, c1)
-    points = selection.get("points") or []
-    if points:
-        p = points[0]
-        r, c = int(np.clip(round(float(p["y"])), 0, h - 1)), int(np.clip(round(float(p["x"])), 0, w - 1))
-        return "click", (r, c, bool(positive))
-    return None
 
 
 def set_slice(volume: np.ndarray, index: int, mask: np.ndarray) -> np.ndarray:

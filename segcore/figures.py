@@ -17,7 +17,7 @@ import numpy as np
 from .labels import png_bytes
 
 __all__ = ["image_panels", "orthogonal_views", "ortho_click", "ORTHO_PLANES", "line_plot", "uncertainty_colorscale",
-           "CLICK_TRACE_NAME"]
+           "CLICK_TRACE_NAME", "image_png", "png_uri"]
 
 CLICK_TRACE_NAME = "pixels"
 
@@ -29,7 +29,8 @@ def uncertainty_colorscale() -> list:
             [0.9, "rgba(245,125,21,0.95)"], [1.0, "rgba(252,255,164,1)"]]
 
 
-def _png_uri(arr: np.ndarray) -> str:
+def image_png(arr: np.ndarray) -> bytes:
+    """PNG bytes of a gray ``H,W``, RGB ``H,W,3`` or RGBA ``H,W,4`` uint8 image."""
     import cv2
 
     a = np.asarray(arr)
@@ -38,7 +39,12 @@ def _png_uri(arr: np.ndarray) -> str:
         data = buf.tobytes()
     else:
         data = png_bytes(a)
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    return data
+
+
+def png_uri(arr: np.ndarray) -> str:
+    """A ``data:image/png;base64`` URI of :func:`image_png`'s encoding (what a browser shows inline)."""
+    return "data:image/png;base64," + base64.b64encode(image_png(arr)).decode("ascii")
 
 
 def image_panels(
@@ -108,9 +114,9 @@ def image_panels(
             "%{customdata[2]}<br>p(raw) %{customdata[0]}%<extra></extra>"))
     for i, panel in enumerate(panels, start=1):
         base, layer = panel[1], panel[2] if len(panel) > 2 else None
-        fig.add_trace(go.Image(source=_png_uri(base), hoverinfo="skip", x0=0, dx=1, y0=0, dy=1), row=1, col=i)
+        fig.add_trace(go.Image(source=png_uri(base), hoverinfo="skip", x0=0, dx=1, y0=0, dy=1), row=1, col=i)
         if layer is not None:
-            fig.add_trace(go.Image(source=_png_uri(layer), hoverinfo="skip", x0=0, dx=1, y0=0, dy=1), row=1, col=i)
+            fig.add_trace(go.Image(source=png_uri(layer), hoverinfo="skip", x0=0, dx=1, y0=0, dy=1), row=1, col=i)
         if heat is not None:
             fig.add_trace(go.Heatmap(z=np.asarray(heat, np.float32)[::stride, ::stride], x=cols, y=rows,
                                      colorscale=uncertainty_colorscale(), zmin=0, zmax=1, showscale=(i == n),
@@ -218,10 +224,10 @@ def orthogonal_views(volume: np.ndarray, win: tuple[float, float], layers, spaci
                         subplot_titles=[f"{name} {idx}" for name, _, idx, *_r in planes])
     for i, (plane, img, idx, sx, sy, (cx, cy)) in enumerate(planes, start=1):
         ph, pw = img.shape
-        fig.add_trace(go.Image(source=_png_uri(window(img, *win)), hoverinfo="skip", x0=0, dx=1, y0=0, dy=1),
+        fig.add_trace(go.Image(source=png_uri(window(img, *win)), hoverinfo="skip", x0=0, dx=1, y0=0, dy=1),
                       row=1, col=i)
         layer = layers(plane, idx) if layers is not None else np.zeros((ph, pw, 4), np.uint8)
-        fig.add_trace(go.Image(source=_png_uri(layer), hoverinfo="skip", x0=0, dx=1, y0=0, dy=1), row=1, col=i)
+        fig.add_trace(go.Image(source=png_uri(layer), hoverinfo="skip", x0=0, dx=1, y0=0, dy=1), row=1, col=i)
         stride = max(1, int(np.ceil(np.sqrt(ph * pw / 6000))))
         rr, cc = (a.ravel() for a in np.mgrid[0:ph:stride, 0:pw:stride])
         fig.add_trace(go.Scattergl(x=cc.astype(np.int32), y=rr.astype(np.int32), mode="markers",

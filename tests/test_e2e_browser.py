@@ -316,11 +316,11 @@ def test_polygon_fill_is_saved_as_drawn_and_review_point_is_clicked(app_server, 
     assert v["point_x"] is not None and v["point_y"] is not None
 
 
-def _click_image(page, fig, r, c, shape):
-    """Click image pixel (row, col) on the first panel of a plotly image figure."""
-    bb = fig.locator(".nsewdrag").first.bounding_box()
+def _canvas_point(view, r, c, shape):
+    """Screen position of image pixel (row, col)'s centre on the Smart click canvas (at 100 % zoom)."""
+    bb = view.bounding_box()
     h, w = shape
-    page.mouse.click(bb["x"] + (c + 0.5) / w * bb["width"], bb["y"] + (r + 0.5) / h * bb["height"])
+    return bb["x"] + (c + 0.5) / w * bb["width"], bb["y"] + (r + 0.5) / h * bb["height"]
 
 
 def test_smart_click_segments_an_object_and_saves_it(app_server, browser):
@@ -350,15 +350,17 @@ def test_smart_click_segments_an_object_and_saves_it(app_server, browser):
     page.get_by_role("link", name="Correct").first.click()
     page.get_by_role("heading", name="Correct", exact=True).wait_for(timeout=30_000)
     _wait_idle(page)
-    fig = page.locator(".js-plotly-plot").first
-    fig.wait_for(timeout=30_000)
-    fig.scroll_into_view_if_needed()
+    view = page.get_by_test_id("sc-click-canvas")
+    view.wait_for(timeout=30_000)
+    view.scroll_into_view_if_needed()
     page.wait_for_timeout(800)
     t0 = time.perf_counter()
-    _click_image(page, fig, r, c, scan.pixels.shape)
+    page.mouse.click(*_canvas_point(view, r, c, scan.pixels.shape))
     page.get_by_text(re.compile(r"^1 click on this object")).wait_for(timeout=60_000)
     _wait_idle(page)
     click_to_overlay = time.perf_counter() - t0
+    marks = json.loads(page.locator(".sc-root").get_attribute("data-marks"))
+    assert marks == [[int(r), int(c)]], marks  # the exact pixel clicked, no snapping
     page.screenshot(path=str(ARTIFACTS / "05c_smart_click.png"), full_page=True)
     page.get_by_role("button", name="Accept as organ").click()
     page.get_by_text(re.compile(r"^1 object added by smart click")).wait_for(timeout=60_000)
@@ -373,6 +375,20 @@ def test_smart_click_segments_an_object_and_saves_it(app_server, browser):
     mask = cv2.imread(str(saved[-1] / "mask.png"), cv2.IMREAD_UNCHANGED)
     inside = int(((mask == 1) & (comp == k)).sum())  # the accepted object lies in the clicked lesion
     assert mask[r, c] == 1 and inside >= 0.8 * changed, (inside, changed)
+
+    # a box dragged around the lesion alone proposes it: the same object, from a box prompt
+    ys, xs = np.nonzero(comp == k)
+    start = _canvas_point(view, ys.min() - 4, xs.min() - 4, scan.pixels.shape)
+    end = _canvas_point(view, ys.max() + 4, xs.max() + 4, scan.pixels.shape)
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move(*end, steps=8)
+    page.mouse.up()
+    page.get_by_text(re.compile(r"^0 clicks \+ a box on this object")).wait_for(timeout=60_000)
+    _wait_idle(page)
+    page.screenshot(path=str(ARTIFACTS / "05d_smart_box.png"), full_page=True)
+    page.get_by_role("button", name="Accept as organ").click()
+    page.get_by_text(re.compile(r"^2 objects added by smart click")).wait_for(timeout=60_000)
     _no_exception(page)
     (ARTIFACTS / "e2e_smart_click.json").write_text(json.dumps({"click_to_overlay_s": round(click_to_overlay, 2)}))
 

@@ -169,39 +169,40 @@ def edited_mask(key: str, default):
 
 def smart_click(image, display, layer, positive: bool, key: str, *, accept, accept_label: str,
                 reset: str = "") -> None:
-    """Click/box prompts on a figure; ``accept(object mask)`` takes the proposed object.
+    """Click/box prompts on the scan; ``accept(object mask)`` takes the proposed object.
 
-    ``layer(proposal)`` draws the RGBA layer over the scan. The last click or box (the chart's selection, in
-    session state) becomes a prompt *before* the figure is drawn and the buttons act in callbacks, so each
-    interaction costs one rerun of the editor. ``reset`` changes when the caller's content changes (a new chart).
+    ``layer(proposal)`` draws the RGBA layer over the scan. A click or box runs the network in the canvas's
+    callback, before the rerun that draws it, and the buttons act in callbacks too, so each interaction costs one
+    rerun of the editor. A shift-click has the opposite sign of ``positive``. ``reset`` changes when the caller's
+    content changes (the prompt starts again).
     """
-    from segcore.annotate import prompt_from_selection
-    from segcore.figures import image_panels
     from segcore.interactive import segment
+    from ui.click_canvas import click_canvas
     from ui.resources import click_model
 
     ss = st.session_state
     pk = f"{key}_prompt"
-    empty = {"clicks": [], "box": None, "proposal": None, "seen": None}
-    prompt = ss.setdefault(pk, dict(empty))
-    fig_key = f"{key}_fig_{reset}"
-    event = ss.get(fig_key)
-    selection = event.get("selection") if event else None
-    signature = repr(selection)
-    if signature != prompt["seen"]:
-        prompt["seen"] = signature
-        new = prompt_from_selection(selection, positive, image.shape)
-        if new is not None:
-            kind, value = new
-            if kind == "box":
-                prompt["box"] = value
-            else:
-                prompt["clicks"].append(value)
-            try:
-                prompt["proposal"] = segment(image, prompt["clicks"], box=prompt["box"],
-                                             previous=prompt["proposal"], model=click_model())
-            except ValueError as exc:
-                st.error(str(exc))
+    empty = {"clicks": [], "box": None, "proposal": None, "reset": reset}
+    if pk not in ss or ss[pk].get("reset") != reset:
+        ss[pk] = dict(empty)
+    prompt = ss[pk]
+
+    def run():
+        try:
+            prompt["proposal"] = segment(image, prompt["clicks"], box=prompt["box"], previous=prompt["proposal"],
+                                         model=click_model())
+        except ValueError as exc:
+            prompt["error"] = str(exc)
+        else:
+            prompt.pop("error", None)
+
+    def on_click(row, col, shift):
+        prompt["clicks"].append((row, col, positive != shift))
+        run()
+
+    def on_box(r0, c0, r1, c1):
+        prompt["box"] = (r0, c0, r1, c1)
+        run()
 
     def take():
         accept(prompt["proposal"])
@@ -213,22 +214,23 @@ def smart_click(image, display, layer, positive: bool, key: str, *, accept, acce
                               if prompt["clicks"] or prompt["box"] else None)
 
     def discard():
-        ss[pk] = dict(empty, seen=prompt["seen"])
+        ss[pk] = dict(empty)
 
     b1, b2, b3 = st.columns(3)
     has = prompt["proposal"] is not None
     b1.button(accept_label, type="primary", disabled=not has, key=f"{key}_accept", on_click=take)
     b2.button("Undo last click", disabled=not prompt["clicks"], key=f"{key}_undo", on_click=undo)
     b3.button("Discard object", disabled=not (has or prompt["clicks"]), key=f"{key}_discard", on_click=discard)
-    fig = image_panels([(f"Smart click: a click {'adds' if positive else 'removes'} · or choose the box-select tool "
-                         "and drag a box", display, layer(prompt["proposal"]))],
-                       clickable=True, box=prompt["box"],
-                       marks=[(r, c, "#2ecc71" if pos else "#e74c3c") for r, c, pos in prompt["clicks"]])
-    fig.update_layout(dragmode="pan")  # a click selects a point; the box-select tool (modebar) drags a box
-    st.plotly_chart(fig, key=fig_key, on_select="rerun", selection_mode=("points", "box"),
-                    config={"displaylogo": False})
+    if prompt.get("error"):
+        st.error(prompt["error"])
+    click_canvas(display, layer(prompt["proposal"]), key=f"{key}_canvas",
+                 title=f"Smart click: a click {'adds' if positive else 'removes'} (shift-click: the opposite) · "
+                       "drag a box around an object",
+                 marks=[(r, c, "#2ecc71" if pos else "#e74c3c") for r, c, pos in prompt["clicks"]],
+                 box=prompt["box"], on_click=on_click, on_box=on_box)
     st.caption(f"{plural(len(prompt['clicks']), 'click')}{' + a box' if prompt['box'] else ''} on this object · "
-               "green: add, red: remove, yellow outline: the proposed object (not kept until accepted).")
+               "green: add, red: remove, yellow outline: the proposed object (not kept until accepted) · "
+               "zoom: + / − or ctrl + wheel, pan: right-drag.")
 
 
 def _canvas(display, base_mask, cls: int, class_names, colors, tool: str, size: int, key: str):
