@@ -389,6 +389,16 @@ def test_smart_click_segments_an_object_and_saves_it(app_server, browser):
     page.screenshot(path=str(ARTIFACTS / "05d_smart_box.png"), full_page=True)
     page.get_by_role("button", name="Accept as organ").click()
     page.get_by_text(re.compile(r"^2 objects added by smart click")).wait_for(timeout=60_000)
+    _wait_idle(page)
+
+    # zoomed in (1.5x about the centre) a click still lands on the pixel under the pointer
+    page.locator(".sc-in").click()
+    bb = page.locator(".sc-base").bounding_box()  # the transformed image
+    h, w = scan.pixels.shape
+    page.mouse.click(bb["x"] + (c + 0.5) / w * bb["width"], bb["y"] + (r + 0.5) / h * bb["height"])
+    page.get_by_text(re.compile(r"^1 click on this object")).wait_for(timeout=60_000)
+    assert json.loads(page.locator(".sc-root").get_attribute("data-marks")) == [[int(r), int(c)]]
+    assert page.locator(".sc-zoom").inner_text() == "150 %"  # the rerun kept the view
     _no_exception(page)
     (ARTIFACTS / "e2e_smart_click.json").write_text(json.dumps({"click_to_overlay_s": round(click_to_overlay, 2)}))
 
