@@ -5,8 +5,7 @@ import streamlit as st
 
 from segcore.finetune import class_rows, class_set, correction_fits
 from segcore.jobs import JobSpec
-from segcore.measure import (candidate_table, correction_label, duplicate_groups, identical_copies, job_rows,
-                             version_rows)
+from segcore.measure import (candidate_table, correction_label, duplicate_groups, identical_copies, version_rows)
 from ui import auth, resources, state, widgets
 
 st.title("Fine-tune")
@@ -105,44 +104,7 @@ if st.button(f"Start fine-tuning ({widgets.plural(len(train_ids), 'correction')}
 
 
 # ---------------------------------------------------------------- queue
-# refreshed every second only while a job is queued or running (a timer would otherwise rerun forever and can
-# swallow clicks in dialogs); the job finishing reruns the page once, which stops the timer
-LIVE = any(not j.finished for j in jobs.jobs())
-
-
-@st.fragment(run_every=1.0 if LIVE else None)
-def queue():
-    """The job queue; progress lives on the server, so leaving the page and coming back shows it again."""
-    all_jobs = jobs.jobs()
-    st.subheader("Fine-tune jobs")
-    if not all_jobs:
-        st.caption("No fine-tune jobs yet.")
-        return
-    for j in [j for j in all_jobs if j.state in ("running", "queued")]:
-        p = j.progress or {}
-        c1, c2 = st.columns([5, 1])
-        label = (f"{j.created_by}'s job on {widgets.plural(len(j.spec.get('correction_ids', [])), 'correction')} · "
-                 f"{j.state} · "
-                 f"{j.elapsed_s:.0f} s")
-        c1.progress(float(p.get("fraction", 0.0)), text=label)
-        if c2.button("Cancel", key=f"sc_ft_cancel_{j.id}", disabled=auth.needs(who, "start_finetune") is not None):
-            try:
-                jobs.cancel(j.id, actor=who)
-            except PermissionError as exc:
-                st.error(str(exc))
-    st.dataframe(job_rows(all_jobs), hide_index=True, width="stretch")
-    failed = [j for j in all_jobs if j.state == "failed"]
-    if failed:
-        with st.expander(f"Log of the last failed job ({failed[0].id[-13:]})"):
-            st.code(jobs.log(failed[0].id)[-4000:])
-    if LIVE and not any(not j.finished for j in all_jobs):  # the last job just ended: show its candidate
-        done = [j.result["version"] for j in all_jobs if j.state == "done" and j.result.get("version")]
-        if done:
-            st.session_state["sc_candidate"] = done[0]
-        st.rerun(scope="app")
-
-
-queue()
+widgets.job_queue(jobs, who, "semantic", candidate_key="sc_candidate")
 
 
 # ---------------------------------------------------------------- gate

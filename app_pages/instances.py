@@ -134,19 +134,20 @@ else:
     refusal = auth.needs(who, "start_finetune")
     if refusal:
         st.caption(refusal)
+    jobs = resources.jobs()
     if st.button(f"Fine-tune a copy of {version} on {widgets.plural(len(saved), 'correction')}",
-                 disabled=refusal is not None, key="sc_ic_ft"):
-        from segcore.instances import fine_tune_instances
+                 disabled=refusal is not None, key="sc_ic_ft",
+                 help="Runs as a background job on the server: you can leave this page and come back."):
+        from segcore.jobs import JobSpec
 
         try:
-            with st.spinner("Fine-tuning the instance model (a few minutes on a CPU)…"):
-                res = fine_tune_instances(model, iws.training_pairs(saved), pixel_scale=scale)
-            v = iws.add_version(res.model, ap50_before=res.ap50_before, ap50_after=res.ap50_after,
-                                trained_on=[r.id for r in saved], actor=who)
-        except (ValueError, OSError, PermissionDenied) as exc:
-            st.error(f"Fine-tuning did not produce a candidate: {exc}")
+            jobs.submit(JobSpec(who, [r.id for r in saved], base_version=version, kind="instances",
+                                settings={"pixel_scale": scale}))
+        except (ValueError, PermissionDenied) as exc:
+            st.error(f"Fine-tuning was not started: {exc}")
         else:
-            st.session_state["sc_ic_candidate"] = v
+            st.rerun()  # the queue below starts refreshing
+    widgets.job_queue(jobs, who, "instances", candidate_key="sc_ic_candidate")
     cand = st.session_state.get("sc_ic_candidate")
     info = iws.versions().get(cand) if cand else None
     if info and cand != iws.active_version():

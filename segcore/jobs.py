@@ -1,7 +1,9 @@
 """Fine-tune jobs that run in the server's background, not in a page script.
 
 One :class:`JobManager` per server process (the app keeps it with ``st.cache_resource``) owns worker threads
-that run :func:`segcore.finetune.adapt` on saved corrections. Every job lives on disk under the workspace::
+that run :func:`segcore.finetune.adapt` on saved corrections (``kind="semantic"``) or
+:func:`segcore.instances.train.fine_tune_instances` on saved instance corrections (``kind="instances"``, versions
+in :class:`segcore.store.InstanceWorkspace`). Every job lives on disk under the workspace::
 
     <data dir>/jobs/<id>/state.json   spec, state, progress, result or error (rewritten atomically)
     <data dir>/jobs/<id>/log.txt      one line per event / progress record; the traceback of a failure
@@ -34,9 +36,11 @@ from pathlib import Path
 from .auth import Identity, require
 from .store import Workspace, _pid_alive, atomic_write
 
-__all__ = ["JOB_STATES", "JobManager", "JobSpec", "JobState", "evaluate_against"]
+__all__ = ["JOB_KINDS", "JOB_STATES", "JobManager", "JobSpec", "JobState", "evaluate_against"]
 
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")
+JOB_KINDS = ("semantic", "instances")
+INSTANCE_SETTINGS = {"steps": "training steps (default 400)", "pixel_scale": "scale of the corrected images"}
 _FINISHED = ("done", "failed", "cancelled")
 # managers of this process whose workers are running (a second manager in the same process, e.g. after a cache
 # clear, must not mistake their jobs for orphans)
@@ -96,6 +100,11 @@ class JobSpec:
         Start the class head from scratch (:func:`segcore.finetune.retarget` ``new_head=True``).
     note : str
         Free text stored with the version.
+    kind : str
+        ``"semantic"`` (the segmentation model) or ``"instances"`` (the instance model: ``correction_ids`` are
+        :meth:`InstanceWorkspace.list` ids, ``base_version`` an instance-model version, ``settings`` may hold
+        ``steps`` and ``pixel_scale``; no held-out ids or class changes: the held-out split comes from the
+        corrections, as :func:`~segcore.instances.train.fine_tune_instances` makes it).
     """
 
     created_by: Identity | str
@@ -107,6 +116,7 @@ class JobSpec:
     class_colors: Sequence[Sequence[int]] | None = None
     note: str = ""
     new_head: bool = False
+    kind: str = "semantic"
 
     def to_dict(self) -> dict:
         who = self.created_by
@@ -212,10 +222,12 @@ class JobManager:
         default: the repository's ``sample_data``. None: no replay set and no phantom evaluation.
     start : bool
         Start the workers (tests may inspect recovery without starting them).
+    instance_model_dir : path, optional
+        The shipped instance model (default: ``sample_data/models/maskrcnn``), version "shipped" of instance jobs.
     """
 
     def __init__(self, workspace: Workspace, *, max_workers: int = 1, sample_dir: str | Path | None = "default",
-                 start: bool = True):
+                 start: bool = True, instance_model_dir: str | Path | None = None):
         from .store import REPO_ROOT
 
         if max_workers < 1:
@@ -225,6 +237,9 @@ class JobManager:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.sample_dir = (REPO_ROOT / "sample_data") if sample_dir == "default" else (
             Path(sample_dir) if sample_dir is not None else None)
+        self.instance_model_dir = Path(instance_model_dir) if instance_model_dir is not None else (
+            REPO_ROOT / "sample_data" / "models" / "maskrcnn")
+        self._instances = None
         self.instance = uuid.uuid4().hex
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._lock = threading.Lock()
@@ -246,6 +261,10 @@ class JobManager:
         if isinstance(spec.created_by, str) and not spec.created_by.strip():
             raise ValueError("A fine-tune job needs the name of who started it (created_by is empty).")
         who = require(spec.created_by, "start_finetune")
+        if spec.kind not in JOB_KINDS:
+            raise ValueError(f"Unknown job kind '{spec.kind}'. Accepted: {list(JOB_KINDS)}.")
+        if spec.kind == "instances":
+            return self._queue_job(self._checked_instance_spec(spec, who), who)
         known = {c.id for c in self.workspace.list_corrections()}
         ids = list(spec.correction_ids)
         if not ids:
@@ -264,13 +283,47 @@ class JobManager:
                                    base_version=spec.base_version or self.workspace.active_version())
         if spec.base_version not in self.workspace.versions():
             raise ValueError(f"Unknown base version '{spec.base_version}'. Known: {sorted(self.workspace.versions())}.")
+        return self._queue_job(spec, who)
+
+    @property
+    def instances(self):
+        """The :class:`segcore.store.InstanceWorkspace` instance jobs read corrections from and add versions to."""
+        if self._instances is None:
+            from .store import InstanceWorkspace
+
+            self._instances = InstanceWorkspace(self.workspace, self.instance_model_dir)
+        return self._instances
+
+    def _checked_instance_spec(self, spec: JobSpec, who: Identity) -> JobSpec:
+        iws = self.instances
+        known = {r.id for r in iws.list()}
+        ids = list(spec.correction_ids)
+        if not ids:
+            raise ValueError("A fine-tune job needs at least one correction to train on.")
+        missing = sorted(set(ids) - known)
+        if missing:
+            raise ValueError(f"Unknown instance correction ids {missing}. Saved: {sorted(known)}.")
+        if spec.held_out_ids or spec.class_names or spec.class_colors or spec.new_head:
+            raise ValueError("An instance fine-tune takes no held-out ids or class changes: it holds out part of "
+                             "its corrections itself and keeps the instance model's classes.")
+        unknown = sorted(set(spec.settings) - set(INSTANCE_SETTINGS))
+        if unknown:
+            raise ValueError(f"Unknown instance fine-tune settings {unknown}. Accepted: {INSTANCE_SETTINGS}.")
+        _instance_config(spec.settings)  # invalid values fail now, not in the worker
+        base = spec.base_version or iws.active_version()
+        if base not in iws.versions():
+            raise ValueError(f"Unknown instance-model version '{base}'. Known: {sorted(iws.versions())}.")
+        return dataclasses.replace(spec, created_by=who, base_version=base)
+
+    def _queue_job(self, spec: JobSpec, who: Identity) -> str:
+        ids = list(spec.correction_ids)
         jid = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f") + "-" + uuid.uuid4().hex[:6]
         state = JobState(id=jid, state="queued", spec=spec.to_dict(), created_at=_now(),
                          worker=self._worker_id())
         with self._lock:
             self._cancel[jid] = threading.Event()
         self._write(state)
-        self._log(jid, f"queued by {who.name}: {len(ids)} corrections, base {spec.base_version}")
+        self._log(jid, f"queued by {who.name}: {spec.kind}, {len(ids)} corrections, base {spec.base_version}")
         self._queue.put(jid)
         return jid
 
@@ -451,16 +504,36 @@ class JobManager:
             ev = self._cancel.get(jid)
         return (ev is not None and ev.is_set()) or (self.jobs_dir / jid / "cancel").exists()
 
-    def _run(self, st: JobState) -> None:
-        from .finetune import FineTuneSettings, adapt, retarget
-
-        jid, spec, ws = st.id, st.spec, self.workspace
-        if self._cancelled(jid):
+    def _start(self, st: JobState) -> None:
+        if self._cancelled(st.id):
             raise _cancelled_error()
         st.state, st.started_at, st.t_start = "running", _now(), time.time()
         st.worker = {**self._worker_id(), "thread": threading.current_thread().name}
         self._write(st)
-        self._log(jid, f"running in pid {os.getpid()}")
+        self._log(st.id, f"running in pid {os.getpid()}")
+
+    def _progress_writer(self, st: JobState):
+        """A progress callback: logs every record, rewrites state.json at most 4 times a second (and on every
+        held-out evaluation)."""
+        last_write = [0.0]
+
+        def progress(rec: dict) -> None:
+            st.progress = rec
+            now = time.monotonic()
+            self._log(st.id, "progress " + json.dumps(rec))
+            if now - last_write[0] > 0.25 or "val_dice" in rec:
+                last_write[0] = now
+                self._write(st)
+
+        return progress
+
+    def _run(self, st: JobState) -> None:
+        if st.spec.get("kind", "semantic") == "instances":
+            return self._run_instances(st)
+        from .finetune import FineTuneSettings, adapt, retarget
+
+        jid, spec, ws = st.id, st.spec, self.workspace
+        self._start(st)
         base_version = spec["base_version"]
         base, base_cfg = ws.validate_version(base_version)
         model, config = base, base_cfg
@@ -477,19 +550,9 @@ class JobManager:
         # the phantom set (replay candidates and the shipped-domain test) only fits models with the shipped classes
         shipped = tuple(config.class_names) == self._shipped_classes
         replay = self._replay(config) if shipped else None
-        last_write = [0.0]
-
-        def progress(rec: dict) -> None:
-            st.progress = rec
-            now = time.monotonic()
-            self._log(jid, "progress " + json.dumps(rec))
-            if now - last_write[0] > 0.25 or "val_dice" in rec:
-                last_write[0] = now
-                self._write(st)
-
         res = adapt(model, config, [p[0] for p in pairs], [p[1] for p in pairs],
                     settings=FineTuneSettings.from_dict(spec.get("settings")), replay=replay,
-                    progress=progress, cancel=lambda: self._cancelled(jid))
+                    progress=self._progress_writer(st), cancel=lambda: self._cancelled(jid))
         self._write(st)
         self._log(jid, f"trained {res.steps} steps ({res.epochs} epochs) in {res.seconds:.1f} s; evaluating")
         images, masks = [p[0] for p in held], [p[1] for p in held]
@@ -524,6 +587,33 @@ class JobManager:
                                          "epochs": res.epochs, "replay": res.replay,
                                          "class_names": list(res.config.class_names)})
 
+    def _run_instances(self, st: JobState) -> None:
+        """Fine-tune the instance model on saved instance corrections; the candidate is a new inactive version
+        with its held-out AP50 before and after (``InstanceWorkspace.promote`` gates on them)."""
+        from .instances.maskrcnn import MaskRCNN
+        from .instances.train import fine_tune_instances
+
+        jid, spec, iws = st.id, st.spec, self.instances
+        self._start(st)
+        base = spec["base_version"]
+        model = MaskRCNN.load(iws.model_dir(base))
+        records = {r.id: r for r in iws.list()}
+        missing = [c for c in spec["correction_ids"] if c not in records]
+        if missing:
+            raise ValueError(f"Instance corrections {missing} are gone from the workspace.")
+        pairs = iws.training_pairs([records[c] for c in spec["correction_ids"]])
+        settings = spec.get("settings") or {}
+        res = fine_tune_instances(model, pairs, config=_instance_config(settings),
+                                  pixel_scale=settings.get("pixel_scale"), log=lambda line: self._log(jid, line),
+                                  progress=self._progress_writer(st), cancel=lambda: self._cancelled(jid))
+        if self._cancelled(jid):
+            raise _cancelled_error()
+        version = iws.add_version(res.model, ap50_before=res.ap50_before, ap50_after=res.ap50_after,
+                                  trained_on=list(spec["correction_ids"]), actor=_actor(spec))
+        self._finish(st, "done", result={"version": version, "ap50_before": res.ap50_before,
+                                         "ap50_after": res.ap50_after, "promotable": res.promote,
+                                         "n_train_objects": res.n_train_objects, "n_val_objects": res.n_val_objects})
+
     def _read_shipped_classes(self) -> tuple | None:
         cfg = self.sample_dir / "models" / "default" / "config.json" if self.sample_dir is not None else None
         if cfg is None or not cfg.is_file():
@@ -536,6 +626,19 @@ class JobManager:
         from .data import load_split
 
         return load_split(self.sample_dir / "phantom" / "train", config)
+
+
+def _instance_config(settings: dict):
+    """The instance fine-tune's training settings: :func:`fine_tune_instances`' defaults, ``steps`` overridden."""
+    from .instances.train import fine_tune_config
+
+    steps = settings.get("steps", 400)
+    scale = settings.get("pixel_scale")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"steps must be a whole number >= 1. Got {steps!r}.")
+    if scale is not None and not (isinstance(scale, (int, float)) and 0 < scale <= 16):
+        raise ValueError(f"pixel_scale must be a number in (0, 16]. Got {scale!r}.")
+    return fine_tune_config(steps)
 
 
 def _compact_history(history: list[dict], keep: int = 120) -> list[dict]:

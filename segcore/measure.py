@@ -171,7 +171,13 @@ def job_rows(jobs) -> list[dict]:
     rows = []
     for j in jobs:
         p, r = j.progress or {}, j.result or {}
-        if j.state == "running" and p:
+        instances = (j.spec or {}).get("kind") == "instances"
+        if instances and j.state == "running" and p:
+            where = f"step {p.get('step')} of {p.get('steps')}"
+        elif instances and j.state == "done":
+            where = (f"{r.get('version')}: held-out AP50 {r.get('ap50_after', float('nan')):.3f} vs "
+                     f"{r.get('ap50_before', float('nan')):.3f} before")
+        elif j.state == "running" and p:
             where = (f"{'choosing the length' if p.get('phase') == 'select' else 'final training'} · "
                      f"step {p.get('step')} · loss {p.get('loss', float('nan')):.4f}"
                      + (f" · held-out Dice {p['val_dice']:.3f}" if p.get("val_dice") is not None else ""))

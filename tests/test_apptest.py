@@ -127,7 +127,10 @@ def test_review_page_needs_a_name_and_valid_session_input():
     assert not at.exception
 
 
-def test_instances_page_edits_and_saves_coco():
+def test_instances_page_edits_saves_coco_and_fine_tunes_in_a_background_job():
+    import streamlit as st
+
+    st.cache_resource.clear()  # a workspace and job manager on this test's data dir
     at = _app()
     at.selectbox(key="sc_sample").set_value("instances test/test_0000.png").run()
     at.session_state["sc_reviewer"] = "Dr I"
@@ -148,6 +151,20 @@ def test_instances_page_edits_and_saves_coco():
     at.button(key="sc_ic_save").click().run()
     assert not at.exception, at.exception
     assert any(f"Saved {n0 - 2} object" in s.value for s in at.success)
+
+    # fine-tuning is a job of the server's job manager, shown in the page's queue, with Cancel
+    at.button(key="sc_ic_ft").click().run()
+    assert not at.exception, at.exception
+    from ui import resources
+
+    job = resources.jobs().jobs()[0]
+    assert job.spec["kind"] == "instances" and job.created_by == "Dr I" and len(job.spec["correction_ids"]) == 1
+    assert job.spec["settings"] == {"pixel_scale": at.slider(key="sc_ic_scale").value}
+    rows = next(d.value for d in at.dataframe if "started by" in d.value.columns)  # the jobs table
+    assert list(rows["started by"]) == ["Dr I"]
+    at.button(key=f"sc_job_cancel_{job.id}").click().run()
+    assert resources.jobs().wait(job.id, timeout=120).state == "cancelled"
+    assert resources.instance_workspace().versions().keys() == {"shipped"}
 
 
 def test_finetune_page_queues_a_background_job_and_offers_its_candidate(data_dir):

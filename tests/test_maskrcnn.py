@@ -505,3 +505,53 @@ def test_classical_pipeline_splits_touching_objects_and_tuning_picks_the_best():
     assert best.min_distance == 5 and len(table) == 2 and table[1]["AP50"] > table[0]["AP50"]
     with pytest.raises(ValueError, match="probability map"):
         classical_instances(img, ClassicalConfig(foreground="probability"))
+
+
+def test_instance_fine_tune_runs_as_a_job_with_cancel_and_an_inactive_version(root, shipped, tmp_path):
+    """The Instances page's fine-tune is a segcore.jobs job: a version with its held-out AP50, cancel within a step."""
+    import time
+
+    from segcore.jobs import JobManager, JobSpec
+    from segcore.labels import png_bytes
+    from segcore.store import InstanceWorkspace, Workspace
+
+    ws = Workspace(tmp_path / "data", default_model_dir=root / "sample_data" / "models" / "default")
+    shipped_dir = root / "sample_data" / "models" / "maskrcnn"
+    iws = InstanceWorkspace(ws, shipped_dir)
+    saved = []
+    for seed in (41, 42):
+        img, ids = make_instance_phantom(seed, 128)
+        saved.append(iws.save(png_bytes((img * 4000).astype(np.uint16)), f"cells{seed}.png", ids, author="ann",
+                              slice_index=None, class_names=tuple(shipped.config.class_names),
+                              model_version="shipped").id)
+    mgr = JobManager(ws, sample_dir=None, instance_model_dir=shipped_dir)
+    try:
+        for spec, match in ((JobSpec("ann", ["nope"], kind="instances"), "Unknown instance correction"),
+                            (JobSpec("ann", saved, held_out_ids=saved[:1], kind="instances"), "no held-out ids"),
+                            (JobSpec("ann", saved, kind="instances", settings={"epochs": 3}), "Unknown instance"),
+                            (JobSpec("ann", saved, kind="instances", settings={"steps": 0}), "steps must be"),
+                            (JobSpec("ann", saved, kind="instances", base_version="v7"), "Unknown instance-model"),
+                            (JobSpec("ann", saved, kind="panoptic"), "Unknown job kind")):
+            with pytest.raises(ValueError, match=match):
+                mgr.submit(spec)
+        done = mgr.wait(mgr.submit(JobSpec("ann", saved, kind="instances", settings={"steps": 3})), 300)
+        long = mgr.submit(JobSpec("ann", saved, kind="instances", settings={"steps": 5000}))
+        t0 = time.monotonic()
+        while mgr.log(long).count("progress ") < 2 and time.monotonic() - t0 < 120:
+            time.sleep(0.05)
+        mgr.cancel(long, actor="ann")
+        cancelled = mgr.wait(long, 120)
+    finally:
+        mgr.shutdown()
+    assert done.state == "done", mgr.log(done.id)
+    v = done.result["version"]
+    info = iws.versions()[v]
+    assert iws.active_version() == "shipped" and info["created_by"] == "ann" and info["trained_on"] == saved
+    assert info["ap50_after"] == done.result["ap50_after"] and info["ap50_before"] == done.result["ap50_before"]
+    assert done.progress["step"] == 3 and done.progress["fraction"] == 1.0
+    assert MaskRCNN.load(iws.model_dir(v)).config.class_names == shipped.config.class_names
+    assert cancelled.state == "cancelled"
+    lines = mgr.log(long).splitlines()
+    cut = next(i for i, line in enumerate(lines) if "cancel requested" in line)
+    assert len([line for line in lines[cut:] if " progress " in line]) <= 1
+    assert sorted(iws.versions()) == sorted(["shipped", v])  # the cancelled job added nothing

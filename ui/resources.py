@@ -40,7 +40,7 @@ def jobs():
     from segcore.jobs import JobManager
 
     return JobManager(workspace(), max_workers=int(os.environ.get("SEGCORE_FINETUNE_WORKERS", "1")),
-                      sample_dir=SAMPLE_DIR)
+                      sample_dir=SAMPLE_DIR, instance_model_dir=MASKRCNN_DIR)
 
 
 @st.cache_resource

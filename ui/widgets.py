@@ -255,3 +255,52 @@ def _canvas(display, base_mask, cls: int, class_names, colors, tool: str, size: 
                        key=key, update_streamlit=True)
     objects = (result.json_data or {}).get("objects", []) if result is not None else []
     return apply_strokes(base_mask, objects, scale, palette(colors), eraser_color=ERASER), len(objects)
+
+
+def job_queue(jobs, who, kind: str, *, candidate_key: str) -> None:
+    """The live queue of fine-tune jobs of ``kind`` (``segcore.jobs.JOB_KINDS``): progress, Cancel, the table, the
+    log of the last failure. Progress lives on the server, so leaving the page and coming back shows it again.
+
+    It refreshes every second only while such a job is queued or running (a timer would otherwise rerun forever
+    and can swallow clicks in dialogs); when the last one ends the page reruns once with
+    ``st.session_state[candidate_key]`` set to the newest finished job's version, which stops the timer.
+    """
+    from segcore.measure import job_rows
+    from ui import auth
+
+    def mine():
+        return [j for j in jobs.jobs() if (j.spec or {}).get("kind", "semantic") == kind]
+
+    live = any(not j.finished for j in mine())
+
+    @st.fragment(run_every=1.0 if live else None)
+    def queue():
+        all_jobs = mine()
+        st.subheader("Fine-tune jobs")
+        if not all_jobs:
+            st.caption("No fine-tune jobs yet.")
+            return
+        for j in [j for j in all_jobs if j.state in ("running", "queued")]:
+            p = j.progress or {}
+            c1, c2 = st.columns([5, 1])
+            label = (f"{j.created_by}'s job on {plural(len(j.spec.get('correction_ids', [])), 'correction')} · "
+                     f"{j.state} · {j.elapsed_s:.0f} s")
+            c1.progress(float(p.get("fraction", 0.0)), text=label)
+            if c2.button("Cancel", key=f"sc_job_cancel_{j.id}", disabled=auth.needs(who, "start_finetune") is not None):
+                try:
+                    jobs.cancel(j.id, actor=who)
+                except PermissionError as exc:
+                    st.error(str(exc))
+        st.dataframe(job_rows(all_jobs), hide_index=True, width="stretch")
+        failed = [j for j in all_jobs if j.state == "failed"]
+        if failed:
+            with st.expander(f"Log of the last failed job ({failed[0].id[-13:]})"):
+                st.code(jobs.log(failed[0].id)[-4000:])
+        if live and not any(not j.finished for j in all_jobs):  # the last job just ended: show its candidate
+            done = [j.result["version"] for j in all_jobs if j.state == "done" and j.result.get("version")]
+            if done:
+                st.session_state[candidate_key] = done[0]
+            st.rerun(scope="app")
+
+    queue()
+

@@ -27,6 +27,7 @@ from .maskrcnn import MaskRCNN, MaskRCNNConfig
 from .preprocess import normalise_intensity
 
 __all__ = [
+    "fine_tune_config",
     "FineTuneResult",
     "InstanceTrainConfig",
     "augment_pair",
@@ -183,7 +184,8 @@ def _set_weights(model: MaskRCNN, weights: list) -> None:
 
 
 def train_instances(model: MaskRCNN, train: list[InstanceSample], val: list[InstanceSample],
-                    config: InstanceTrainConfig | None = None, log=print, group_weights: dict | None = None) -> dict:
+                    config: InstanceTrainConfig | None = None, log=print, group_weights: dict | None = None,
+                    progress=None, cancel=None) -> dict:
     """Train ``model`` in place on ``train``, keep the weights with the best validation AP50.
 
     Parameters
@@ -198,6 +200,11 @@ def train_instances(model: MaskRCNN, train: list[InstanceSample], val: list[Inst
     group_weights : dict, optional
         Sampling weight of each ``group`` (default: equal per group, so that
         a small data set is drawn as often as a large one).
+    progress : callable, optional
+        Called after every step with ``{"phase": "train", "step", "steps", "fraction", "elapsed"}``.
+    cancel : callable, optional
+        Checked before every step; when it returns True :class:`segcore.finetune.FineTuneCancelled` is raised
+        (the model keeps the weights of the last step).
 
     Returns
     -------
@@ -239,6 +246,10 @@ def train_instances(model: MaskRCNN, train: list[InstanceSample], val: list[Inst
     best_w, best_step, since = _weights(model), 0, 0
     it, dropped = 0, False
     for it in range(1, cfg.steps + 1):
+        if cancel is not None and cancel():
+            from ..finetune import FineTuneCancelled
+
+            raise FineTuneCancelled(f"Fine-tuning was cancelled before step {it}.")
         late = cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.lr_drop_at * cfg.max_seconds
         if not dropped and (it >= int(cfg.steps * cfg.lr_drop_at) or late):
             model.optimizer.learning_rate.assign(cfg.learning_rate * 0.1)
@@ -256,6 +267,9 @@ def train_instances(model: MaskRCNN, train: list[InstanceSample], val: list[Inst
         batch = model.prepare_batch(imgs, idss, rng, None if all(x is None for x in clss) else
                                     [x or _ones(ids) for x, ids in zip(clss, idss)])
         total, parts = step(*batch)
+        if progress is not None:
+            progress({"phase": "train", "step": it, "steps": cfg.steps, "fraction": round(it / cfg.steps, 4),
+                      "elapsed": round(time.perf_counter() - t0, 3)})
         if it % 50 == 0 or it == 1:
             rec = {"step": it, "total": round(float(total), 4), **{k: round(float(v), 4) for k, v in parts.items()},
                    "seconds": round(time.perf_counter() - t0, 1)}
@@ -310,9 +324,16 @@ def samples_from(data, pixel_scale: float = 1.0, image_root: str | Path | None =
     return out, None
 
 
+def fine_tune_config(steps: int = 400) -> InstanceTrainConfig:
+    """:func:`fine_tune_instances`' default settings: ``steps`` at learning rate 3e-4, evaluated every 100 steps
+    (or at the end), stopped after 2 evaluations without a better held-out AP50."""
+    return InstanceTrainConfig(steps=steps, learning_rate=3e-4, eval_every=min(100, steps), patience=2)
+
+
 def fine_tune_instances(model: MaskRCNN, coco_or_pairs, *, config: InstanceTrainConfig | None = None,
                         val_fraction: float = 0.25, pixel_scale: float | None = None,
-                        image_root: str | Path | None = None, log=None) -> FineTuneResult:
+                        image_root: str | Path | None = None, log=None, progress=None,
+                        cancel=None) -> FineTuneResult:
     """Fine-tune a copy of ``model`` on corrected instances and measure both on a held-out split.
 
     Parameters
@@ -323,12 +344,14 @@ def fine_tune_instances(model: MaskRCNN, coco_or_pairs, *, config: InstanceTrain
         A COCO JSON path or dict (images are read next to it or under
         ``image_root``), or ``(image, ids)`` / ``(image, masks)`` pairs.
     config : InstanceTrainConfig, optional
-        Default: 400 steps, learning rate 3e-4, evaluation every 100 steps.
+        Default: :func:`fine_tune_config` (400 steps, learning rate 3e-4, evaluation every 100 steps).
     val_fraction : float
         Held-out share: whole images when there are enough, else the right
         part of every image (:func:`~segcore.instances.datasets.split_held_out`).
     pixel_scale : float, optional
         Scale of these images (default: the model's ``pixel_scale``).
+    log, progress, cancel : callable, optional
+        As in :func:`train_instances`.
 
     Returns
     -------
@@ -336,7 +359,7 @@ def fine_tune_instances(model: MaskRCNN, coco_or_pairs, *, config: InstanceTrain
         The new model with ``ap50_before`` / ``ap50_after`` on the held-out split; promote it only if
         :attr:`FineTuneResult.promote`.
     """
-    cfg = config or InstanceTrainConfig(steps=400, learning_rate=3e-4, eval_every=100, patience=2)
+    cfg = config or fine_tune_config()
     scale = model.config.pixel_scale if pixel_scale is None else float(pixel_scale)
     samples, names = samples_from(coco_or_pairs, scale, image_root)
     if not any(s.n_objects for s in samples):
@@ -345,7 +368,7 @@ def fine_tune_instances(model: MaskRCNN, coco_or_pairs, *, config: InstanceTrain
     new = model.copy() if names is None or tuple(names) == tuple(model.config.class_names) else \
         model.with_classes(names)
     before = evaluate_ap(model if new.config.class_names == model.config.class_names else new, val, by_group=False)
-    result = train_instances(new, train, val, cfg, log=log or (lambda s: None))
+    result = train_instances(new, train, val, cfg, log=log or (lambda s: None), progress=progress, cancel=cancel)
     after = evaluate_ap(new, val, by_group=False)
     return FineTuneResult(new, before["mean_AP50"], after["mean_AP50"], sum(s.n_objects for s in train),
                           sum(s.n_objects for s in val), result["history"])
