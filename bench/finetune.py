@@ -29,6 +29,9 @@ shows the other side: replay on, gentler learning rate.
 
     flock /tmp/segcore-cpu.lock .venv/bin/python bench/finetune.py            # writes bench/results/finetune.json
     flock /tmp/segcore-cpu.lock .venv/bin/python bench/finetune.py --quick    # one case, small grid (smoke)
+    # seed-averaged: defaults and the best grid cell with seeds 0,1,2 (bench/results/finetune_seeds.json)
+    flock /tmp/segcore-cpu.lock .venv/bin/python bench/finetune.py --reuse-grid bench/results/finetune.json \
+        --seeds 0,1,2 --out bench/results/finetune_seeds.json
 """
 
 from __future__ import annotations
@@ -92,11 +95,11 @@ def pooled_dice(model, config, images, masks) -> float:
 SMOKE_BUDGET = None
 
 
-def run_default(base, bcfg, tr_im, tr_m, te_im, te_m):
+def run_default(base, bcfg, tr_im, tr_m, te_im, te_m, seed: int = 0):
     from segcore.finetune import FineTuneSettings, adapt
 
     t = time.perf_counter()
-    res = adapt(base, bcfg, tr_im, tr_m, settings=FineTuneSettings(time_budget_s=SMOKE_BUDGET))
+    res = adapt(base, bcfg, tr_im, tr_m, settings=FineTuneSettings(time_budget_s=SMOKE_BUDGET, seed=seed))
     seconds = time.perf_counter() - t
     return res, {"dice": pooled_dice(res.model, res.config, te_im, te_m), "seconds": round(seconds, 1),
                  "epochs": res.epochs, "steps": res.steps, "learning_rate": res.learning_rate,
@@ -118,6 +121,33 @@ def run_grid(base, bcfg, tr_im, tr_m, te_im, te_m, epochs, lrs):
                           "seconds": round(time.perf_counter() - t, 1)})
             print(f"    grid E={e} lr={lr:g}: {cells[-1]}", flush=True)
     return cells
+
+
+def run_seeds(name, n, base, bcfg, tr_im, tr_m, te_im, te_m, best_cell, seeds):
+    """The defaults and the best manual cell, each run with every seed (the split, the crops and the augmentation
+    change with it); seed 0 of the manual cell is the grid's own run. Picking the best of 9 grid cells by test
+    Dice in one run favours the grid by the run-to-run noise; averaging both over the same seeds does not."""
+    from segcore.finetune import FineTuneSettings, adapt
+
+    default, manual = [], []
+    for seed in seeds:
+        _, d = run_default(base, bcfg, tr_im, tr_m, te_im, te_m, seed=seed)
+        default.append({"seed": seed, "dice": d["dice"], "seconds": d["seconds"], "steps": d["steps"]})
+        print(f"    seed {seed} default: {default[-1]}", flush=True)
+        if seed == 0:
+            manual.append({"seed": 0, "dice": best_cell["dice"], "seconds": best_cell["seconds"], "source": "grid"})
+            continue
+        t = time.perf_counter()
+        res = adapt(base, bcfg, tr_im, tr_m, settings=FineTuneSettings(
+            epochs=best_cell["epochs"], learning_rate=best_cell["learning_rate"], time_budget_s=10_000, seed=seed))
+        manual.append({"seed": seed, "dice": pooled_dice(res.model, res.config, te_im, te_m),
+                       "seconds": round(time.perf_counter() - t, 1), "source": "this run"})
+        print(f"    seed {seed} manual: {manual[-1]}", flush=True)
+    dm = float(np.mean([r["dice"] for r in default]))
+    mm = float(np.mean([r["dice"] for r in manual]))
+    return {"case": name, "n_corrections": n, "best_cell": {k: best_cell[k] for k in ("epochs", "learning_rate")},
+            "default": default, "manual": manual, "default_mean": round(dm, 4), "manual_mean": round(mm, 4),
+            "gap_of_means": round(mm - dm, 4), "within_0.02": bool(mm - dm <= 0.02)}
 
 
 def run_previous(base, bcfg, tr_im, tr_m, te_im, te_m):
@@ -214,6 +244,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reuse-grid", default=None, metavar="JSON",
                     help="take the manual grid and the previous-default rows from an earlier run's JSON (the manual "
                          "path of adapt() unchanged since) and measure only the defaults and the gate jobs again")
+    ap.add_argument("--seeds", default=None, metavar="LIST",
+                    help="with --reuse-grid: run the defaults and the grid's best cell with each of these seeds "
+                         "(e.g. 0,1,2) and compare their means (written to --out; no gate, no grid)")
     ap.add_argument("--smoke-budget", type=float, default=None,
                     help="NOT a measurement: cap every adapt() call at this many seconds to check the script runs")
     ap.add_argument("--out", default=str(OUT))
@@ -238,6 +271,10 @@ def main(argv=None) -> int:
     if args.reuse_grid:
         old = json.loads(Path(args.reuse_grid).read_text())
         reused = {(r["case"], r["n_corrections"]): r for r in old["cases"]}
+    if args.seeds:
+        if not reused:
+            ap.error("--seeds needs --reuse-grid (the grid whose best cell is run again)")
+        return seeds_main(args, argv, base, bcfg, cases, sizes, reused, old, [int(v) for v in args.seeds.split(",")])
     for name in cases:
         spec = CASES[name]
         ims, ms = load_case(name)
@@ -285,6 +322,34 @@ def main(argv=None) -> int:
            "smoke_only": args.smoke_budget is not None,
            "seconds_total": round(time.perf_counter() - T0, 1)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def seeds_main(args, argv, base, bcfg, cases, sizes, reused, old, seeds) -> int:
+    from segcore.finetune import retarget
+
+    rows = []
+    for name in cases:
+        spec = CASES[name]
+        ims, ms = load_case(name)
+        model, config = retarget(base, bcfg, spec["classes"])
+        te_im, te_m = [ims[z] for z in spec["test"]], [ms[z] for z in spec["test"]]
+        for n in sizes:
+            tr = spec["train"][n]
+            best = max(reused[(name, n)]["grid"], key=lambda c: c["dice"])
+            print(f"{name} n={n} best cell {best['epochs']} epochs, lr {best['learning_rate']:g}", flush=True)
+            rows.append(run_seeds(name, n, model, config, [ims[z] for z in tr], [ms[z] for z in tr], te_im, te_m,
+                                  best, seeds))
+    out = {"cases": rows, "seeds": seeds, "commit": _commit(), "grid_file": args.reuse_grid,
+           "grid_source": old.get("grid_source", f"measured at commit {old.get('commit', '?')}"),
+           "note": "per case, the defaults and the grid's best cell (picked by test Dice at seed 0) each trained with "
+                   "every seed; 'within 0.02' compares the means. Seed 0 of the manual cell is the grid's own run "
+                   "(the manual path of adapt() is unchanged since)",
+           "command": " ".join(["flock /tmp/segcore-cpu.lock .venv/bin/python bench/finetune.py",
+                                *(argv if argv is not None else sys.argv[1:])]),
+           "seconds_total": round(time.perf_counter() - T0, 1)}
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")
     return 0
