@@ -143,14 +143,22 @@ else:
         try:
             jobs.submit(JobSpec(who, [r.id for r in saved], base_version=version, kind="instances",
                                 settings={"pixel_scale": scale}))
-        except (ValueError, PermissionDenied) as exc:
+        except (ValueError, OSError, PermissionDenied) as exc:
             st.error(f"Fine-tuning was not started: {exc}")
         else:
             st.rerun()  # the queue below starts refreshing
     widgets.job_queue(jobs, who, "instances", candidate_key="sc_ic_candidate")
-    cand = st.session_state.get("sc_ic_candidate")
-    info = iws.versions().get(cand) if cand else None
-    if info and cand != iws.active_version():
+    # candidates: fine-tuned from the active version (a job may have finished while nobody watched)
+    versions = iws.versions()
+    cands = sorted((v for v, i in versions.items() if v != version and i.get("parent") == version
+                    and "ap50_after" in i), key=lambda v: versions[v].get("created_at", ""), reverse=True)
+    last = st.session_state.get("sc_ic_candidate")
+    cand = st.selectbox("Candidate", cands, index=cands.index(last) if last in cands else 0, key="sc_ic_cand_pick",
+                        format_func=lambda v: f"{v} · by {versions[v].get('created_by', '?')} · "
+                                              f"{versions[v].get('created_at', '')[:19].replace('T', ' ')}") \
+        if cands else None
+    info = versions.get(cand) if cand else None
+    if info:
         st.metric("Held-out AP50", f"{info['ap50_after']:.3f}", f"{info['ap50_after'] - info['ap50_before']:+.3f} "
                   f"vs {info['parent']}")
         ok = info["ap50_after"] >= info["ap50_before"]

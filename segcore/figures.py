@@ -1,8 +1,9 @@
-"""Plotly figures for the viewer: image panels with linked zoom, a hover readout and a click/box layer.
+"""Plotly figures for the viewer: image panels with linked zoom, a hover readout and a click layer.
 
 Panels are RGB images (``H,W,3`` uint8) shown side by side with linked zoom and pan. A transparent point grid
 on each panel carries the hover readout (row, column, value, raw and refined class, the model's probability)
-and receives clicks and box selections (``st.plotly_chart(on_select="rerun")``): its x/y are image columns/rows.
+and receives clicks (``st.plotly_chart(on_select="rerun", selection_mode="points")``): its x/y are image
+columns/rows. (Smart click has its own canvas, ``ui/click_canvas.py``.)
 Numbers travel as typed arrays (compact, fast); class names enter through one trace per (raw, refined) class
 pair, so no per-pixel strings are sent.
 """
@@ -60,11 +61,10 @@ def image_panels(
     heat: np.ndarray | None = None,
     heat_title: str = "uncertainty",
     marks: Sequence[tuple[float, float, str]] = (),
-    box: tuple[float, float, float, float] | None = None,
     labels: Sequence[tuple[float, float, str, str]] = (),
     clickable: bool = False,
 ):
-    """Side-by-side image panels with linked zoom/pan, a hover readout and, optionally, a click/box layer.
+    """Side-by-side image panels with linked zoom/pan, a hover readout and, optionally, a click layer.
 
     Parameters
     ----------
@@ -78,14 +78,12 @@ def image_panels(
         An uncertainty layer over every panel (0 transparent) with a titled colour bar.
     marks : sequence of (row, col, colour)
         Points to draw (clicks, a comment's location).
-    box : (row0, col0, row1, col1), optional
-        A rectangle to draw.
     labels : sequence of (row, col, text, colour)
         Text labels on the first panel (e.g. instance numbers placed by :func:`segcore.viz.place_labels`):
         drawn by the browser, so they stay crisp at any zoom.
     clickable : bool
         Add a transparent point grid on the first panel so that ``st.plotly_chart(on_select="rerun")`` reports
-        clicks (points: ``x`` = column, ``y`` = row) and box selections.
+        clicks (points: ``x`` = column, ``y`` = row).
 
     The hover grid is sampled every ``stride`` pixels to stay light (the title says so when ``stride > 1``).
     ``height`` defaults to what the panels' aspect needs in a ~700 px wide column (no empty band above them).
@@ -146,10 +144,6 @@ def image_panels(
                                      marker=dict(size=11, color=[m[2] for m in marks], symbol="circle",
                                                  line=dict(color="white", width=2)),
                                      hoverinfo="skip", showlegend=False), row=1, col=i)
-        if box is not None:
-            r0, c0, r1, c1 = box
-            fig.add_shape(type="rect", x0=c0, x1=c1, y0=r0, y1=r1, line=dict(color="#f1c40f", width=2),
-                          row=1, col=i)
     for r, c, text, colour in labels:
         fig.add_annotation(x=c, y=r, text=text, showarrow=False, xanchor="left", yanchor="top", xref="x", yref="y",
                            font=dict(size=11, color="white"), bgcolor="rgba(0,0,0,0.65)", bordercolor=colour,

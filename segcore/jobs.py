@@ -139,8 +139,10 @@ class JobState:
     """One job as the page shows it (read from ``state.json``).
 
     ``progress`` is the last record of :func:`segcore.finetune.adapt` (``phase``, ``step``, ``epoch``, ``loss``,
-    ``val_dice``, ``elapsed``); ``result`` holds ``version`` and the held-out Dice of the candidate and of its
-    base when done; ``elapsed_s`` counts from start to finish (or to now while running).
+    ``val_dice``, ``elapsed``) or, for an instance job, of :func:`~segcore.instances.train.train_instances`
+    (``step``, ``steps``, ``fraction``, ``elapsed``); ``result`` holds ``version`` and, when done, the held-out
+    Dice of the candidate and of its base (instance jobs: ``ap50_before``/``ap50_after`` and ``promotable``);
+    ``elapsed_s`` counts from start to finish (or to now while running).
     """
 
     id: str
@@ -306,14 +308,14 @@ class JobManager:
         if spec.held_out_ids or spec.class_names or spec.class_colors or spec.new_head:
             raise ValueError("An instance fine-tune takes no held-out ids or class changes: it holds out part of "
                              "its corrections itself and keeps the instance model's classes.")
-        unknown = sorted(set(spec.settings) - set(INSTANCE_SETTINGS))
+        unknown = sorted(set(spec.settings or {}) - set(INSTANCE_SETTINGS))
         if unknown:
             raise ValueError(f"Unknown instance fine-tune settings {unknown}. Accepted: {INSTANCE_SETTINGS}.")
-        _instance_config(spec.settings)  # invalid values fail now, not in the worker
+        _instance_config(spec.settings or {})  # invalid values fail now, not in the worker
         base = spec.base_version or iws.active_version()
         if base not in iws.versions():
             raise ValueError(f"Unknown instance-model version '{base}'. Known: {sorted(iws.versions())}.")
-        return dataclasses.replace(spec, created_by=who, base_version=base)
+        return dataclasses.replace(spec, created_by=who, base_version=base, settings=dict(spec.settings or {}))
 
     def _queue_job(self, spec: JobSpec, who: Identity) -> str:
         ids = list(spec.correction_ids)
@@ -609,7 +611,8 @@ class JobManager:
         if self._cancelled(jid):
             raise _cancelled_error()
         version = iws.add_version(res.model, ap50_before=res.ap50_before, ap50_after=res.ap50_after,
-                                  trained_on=list(spec["correction_ids"]), actor=_actor(spec))
+                                  trained_on=list(spec["correction_ids"]), actor=_actor(spec), parent=base,
+                                  note=spec.get("note") or f"fine-tune job {jid}")
         self._finish(st, "done", result={"version": version, "ap50_before": res.ap50_before,
                                          "ap50_after": res.ap50_after, "promotable": res.promote,
                                          "n_train_objects": res.n_train_objects, "n_val_objects": res.n_val_objects})

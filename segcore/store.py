@@ -586,18 +586,23 @@ class InstanceWorkspace:
         return Path(reg["versions"][version]["path"])
 
     def add_version(self, model, *, ap50_before: float, ap50_after: float, trained_on: list[str],
-                    actor: Identity | str | None) -> str:
-        """Save a fine-tuned instance model (admin role) as a new inactive version, under the registry lock."""
+                    actor: Identity | str | None, parent: str | None = None, note: str = "") -> str:
+        """Save a fine-tuned instance model (admin role) as a new inactive version, under the registry lock.
+
+        ``parent``: the version it was fine-tuned from and compared with (default: the active one); a job passes
+        its base version, which may no longer be active when it finishes, so :meth:`promote` refuses it then."""
         who = require(actor, "start_finetune")
         with self.ws._lock():
             reg = self._registry()
+            if parent is not None and parent not in reg["versions"]:
+                raise ValueError(f"Unknown parent version '{parent}'. Known: {sorted(reg['versions'])}.")
             n = 1 + max([int(v[1:]) for v in reg["versions"] if v[1:].isdigit()] or [1])
             version = f"v{n}"
             path = model.save(self.models_dir / version)
             reg["versions"][version] = {"path": str(Path(path).resolve()), "created_at": _now(),
-                                        "parent": reg["active"], "ap50_before": ap50_before,
+                                        "parent": parent or reg["active"], "ap50_before": ap50_before,
                                         "ap50_after": ap50_after, "trained_on": list(trained_on),
-                                        "created_by": who.name, "created_by_id": who.subject}
+                                        "created_by": who.name, "created_by_id": who.subject, "note": note}
             atomic_write(self.registry_path, json.dumps(reg, indent=1))
         return version
 

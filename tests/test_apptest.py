@@ -320,3 +320,28 @@ def test_refinement_settings_survive_another_page_and_another_scan():
     assert at.slider(key="sc_open_k").value == 7
     at.selectbox(key="sc_sample").set_value("phantom test/test_0000.png").run()
     assert any("open 7px" in c.value and "CRF off" in c.value for c in at.caption)
+
+
+def test_click_canvas_sends_the_scan_as_a_media_url_and_refuses_markup_as_a_colour():
+    def page(root):
+        import sys
+
+        sys.path.insert(0, root)
+        import numpy as np
+        import streamlit as st
+
+        from ui.click_canvas import click_canvas
+
+        img = (np.arange(64, dtype=np.uint8).reshape(8, 8) * 4)
+        colour = st.session_state.get("colour", "#2ecc71")
+        click_canvas(img, None, key="t", title="t", marks=[(1, 2, colour)], on_click=print, on_box=print)
+
+    at = AppTest.from_function(page, args=(str(ROOT),), default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    data = at.get("bidi_component")[0].proto.json
+    assert '/media/' in data and '"base": "data:' not in data  # the scan travels as a URL, not inline
+    assert '"marks": [[1, 2, "#2ecc71"]]' in data
+    at.session_state["colour"] = '"/><script>alert(1)</script>'
+    at.run()
+    assert at.exception and "Mark colours must be" in at.exception[0].message

@@ -344,6 +344,8 @@ def test_smart_click_segments_an_object_and_saves_it(app_server, browser):
     area = int(stats[k, cv2.CC_STAT_AREA])
 
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    js_errors = []  # an error in the click canvas's own script shows here, not as a Streamlit exception
+    page.on("pageerror", lambda exc: js_errors.append(str(exc)))
     page.goto(url + "/?reviewer=Dr+Click")
     page.locator(".js-plotly-plot").first.wait_for(timeout=120_000)
     _wait_idle(page)
@@ -360,7 +362,16 @@ def test_smart_click_segments_an_object_and_saves_it(app_server, browser):
     _wait_idle(page)
     click_to_overlay = time.perf_counter() - t0
     marks = json.loads(page.locator(".sc-root").get_attribute("data-marks"))
-    assert marks == [[int(r), int(c)]], marks  # the exact pixel clicked, no snapping
+    assert marks == [[int(r), int(c), "#2ecc71"]], marks  # the exact pixel clicked (no snapping), an adding click
+    # a shift-click removes (red mark) and takes the network's mask back around it; Undo restores one click
+    page.keyboard.down("Shift")
+    page.mouse.click(*_canvas_point(view, r, c, scan.pixels.shape))
+    page.keyboard.up("Shift")
+    page.get_by_text(re.compile(r"^2 clicks on this object")).wait_for(timeout=60_000)
+    assert json.loads(page.locator(".sc-root").get_attribute("data-marks"))[1] == [int(r), int(c), "#e74c3c"]
+    page.get_by_role("button", name="Undo last click").click()
+    page.get_by_text(re.compile(r"^1 click on this object")).wait_for(timeout=60_000)
+    _wait_idle(page)
     page.screenshot(path=str(ARTIFACTS / "05c_smart_click.png"), full_page=True)
     page.get_by_role("button", name="Accept as organ").click()
     page.get_by_text(re.compile(r"^1 object added by smart click")).wait_for(timeout=60_000)
@@ -386,6 +397,9 @@ def test_smart_click_segments_an_object_and_saves_it(app_server, browser):
     page.mouse.up()
     page.get_by_text(re.compile(r"^0 clicks \+ a box on this object")).wait_for(timeout=60_000)
     _wait_idle(page)
+    r0, c0, r1, c1 = json.loads(page.locator(".sc-root").get_attribute("data-box"))
+    assert abs(r0 - (ys.min() - 4)) <= 1 and abs(c0 - (xs.min() - 4)) <= 1, (r0, c0)  # the dragged corners
+    assert abs(r1 - (ys.max() + 4)) <= 1 and abs(c1 - (xs.max() + 4)) <= 1, (r1, c1)
     page.screenshot(path=str(ARTIFACTS / "05d_smart_box.png"), full_page=True)
     page.get_by_role("button", name="Accept as organ").click()
     page.get_by_text(re.compile(r"^2 objects added by smart click")).wait_for(timeout=60_000)
@@ -397,9 +411,10 @@ def test_smart_click_segments_an_object_and_saves_it(app_server, browser):
     h, w = scan.pixels.shape
     page.mouse.click(bb["x"] + (c + 0.5) / w * bb["width"], bb["y"] + (r + 0.5) / h * bb["height"])
     page.get_by_text(re.compile(r"^1 click on this object")).wait_for(timeout=60_000)
-    assert json.loads(page.locator(".sc-root").get_attribute("data-marks")) == [[int(r), int(c)]]
+    assert json.loads(page.locator(".sc-root").get_attribute("data-marks")) == [[int(r), int(c), "#2ecc71"]]
     assert page.locator(".sc-zoom").inner_text() == "150 %"  # the rerun kept the view
     _no_exception(page)
+    assert not js_errors, js_errors
     (ARTIFACTS / "e2e_smart_click.json").write_text(json.dumps({"click_to_overlay_s": round(click_to_overlay, 2)}))
 
 

@@ -528,7 +528,8 @@ def test_instance_fine_tune_runs_as_a_job_with_cancel_and_an_inactive_version(ro
     try:
         for spec, match in ((JobSpec("ann", ["nope"], kind="instances"), "Unknown instance correction"),
                             (JobSpec("ann", saved, held_out_ids=saved[:1], kind="instances"), "no held-out ids"),
-                            (JobSpec("ann", saved, kind="instances", settings={"epochs": 3}), "Unknown instance"),
+                            (JobSpec("ann", saved, kind="instances", settings={"epochs": 3}),
+                             "Unknown instance fine-tune settings"),
                             (JobSpec("ann", saved, kind="instances", settings={"steps": 0}), "steps must be"),
                             (JobSpec("ann", saved, kind="instances", base_version="v7"), "Unknown instance-model"),
                             (JobSpec("ann", saved, kind="panoptic"), "Unknown job kind")):
@@ -539,6 +540,7 @@ def test_instance_fine_tune_runs_as_a_job_with_cancel_and_an_inactive_version(ro
         t0 = time.monotonic()
         while mgr.log(long).count("progress ") < 2 and time.monotonic() - t0 < 120:
             time.sleep(0.05)
+        assert mgr.log(long).count("progress ") >= 2  # cancelled while training, not before
         mgr.cancel(long, actor="ann")
         cancelled = mgr.wait(long, 120)
     finally:
@@ -547,6 +549,7 @@ def test_instance_fine_tune_runs_as_a_job_with_cancel_and_an_inactive_version(ro
     v = done.result["version"]
     info = iws.versions()[v]
     assert iws.active_version() == "shipped" and info["created_by"] == "ann" and info["trained_on"] == saved
+    assert info["parent"] == "shipped" and info["note"] == f"fine-tune job {done.id}"
     assert info["ap50_after"] == done.result["ap50_after"] and info["ap50_before"] == done.result["ap50_before"]
     assert done.progress["step"] == 3 and done.progress["fraction"] == 1.0
     assert MaskRCNN.load(iws.model_dir(v)).config.class_names == shipped.config.class_names

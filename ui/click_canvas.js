@@ -5,7 +5,8 @@
 // mounted while the data changes, so a click costs one small message and an image swap, not a new chart.
 //
 // Mouse: click = prompt (shift-click: the opposite sign), drag = box, right/middle drag = pan,
-// ctrl/cmd + wheel or the +/- buttons = zoom around the pointer, "1:1" = whole image.
+// ctrl/cmd + wheel (or a trackpad pinch) or the +/- buttons = zoom around the pointer, "Fit" = whole image.
+// Marks are built as SVG elements (no HTML strings), so nothing in the data is parsed as markup.
 
 function pixelOf(root, ev) {
   const d = root._data;
@@ -49,7 +50,7 @@ function build(parentElement) {
   root.innerHTML = `
     <div class="sc-bar"><span class="sc-title"></span>
       <span class="sc-tools"><button class="sc-in" title="Zoom in">+</button><button class="sc-out"
-        title="Zoom out">&minus;</button><button class="sc-fit" title="Whole image">1:1</button>
+        title="Zoom out">&minus;</button><button class="sc-fit" title="Whole image">Fit</button>
         <span class="sc-zoom">100 %</span></span></div>
     <div class="sc-view" data-testid="sc-click-canvas"><div class="sc-stage">
       <img class="sc-base" alt="scan" draggable="false"><img class="sc-layer" alt="" draggable="false">
@@ -59,12 +60,17 @@ function build(parentElement) {
   const view = root.querySelector(".sc-view");
   const rubber = root.querySelector(".sc-rubber");
   let drag = null;
+  const stop = () => { drag = null; rubber.style.display = "none"; };
   view.addEventListener("contextmenu", (ev) => ev.preventDefault());
   view.addEventListener("pointerdown", (ev) => {
+    if (!ev.isPrimary || drag) return;
+    if (ev.button === 1) ev.preventDefault();  // no autoscroll on a middle-button pan
     view.setPointerCapture(ev.pointerId);
     drag = { button: ev.button, x: ev.clientX, y: ev.clientY, vx: root._view.x, vy: root._view.y,
              start: pixelOf(root, ev), moved: false, shift: ev.shiftKey };
   });
+  view.addEventListener("pointercancel", stop);
+  view.addEventListener("lostpointercapture", stop);  // after pointerup, or when the capture is taken away
   view.addEventListener("pointermove", (ev) => {
     if (!drag) return;
     const dx = ev.clientX - drag.x, dy = ev.clientY - drag.y;
@@ -83,19 +89,18 @@ function build(parentElement) {
   });
   view.addEventListener("pointerup", (ev) => {
     const d = drag;
-    drag = null;
-    rubber.style.display = "none";
+    stop();
     if (!d || d.button !== 0) return;
-    const end = pixelOf(root, ev);
+    const last = pixelOf(root, ev);
     if (!d.moved) {
-      if (end.inside) {
+      if (last.inside) {
         root._seq += 1;
-        root._set("click", { row: end.row, col: end.col, shift: d.shift || ev.shiftKey, seq: root._seq });
+        root._set("click", { row: last.row, col: last.col, shift: d.shift || ev.shiftKey, seq: root._seq });
       }
       return;
     }
-    const r0 = Math.min(d.start.row, end.row), r1 = Math.max(d.start.row, end.row);
-    const c0 = Math.min(d.start.col, end.col), c1 = Math.max(d.start.col, end.col);
+    const r0 = Math.min(d.start.row, last.row), r1 = Math.max(d.start.row, last.row);
+    const c0 = Math.min(d.start.col, last.col), c1 = Math.max(d.start.col, last.col);
     if (r1 > r0 && c1 > c0) {
       root._seq += 1;
       root._set("box", { row0: r0, col0: c0, row1: r1, col1: c1, seq: root._seq });
@@ -105,7 +110,9 @@ function build(parentElement) {
     if (!(ev.ctrlKey || ev.metaKey)) return;  // a plain wheel scrolls the page
     ev.preventDefault();
     const b = view.getBoundingClientRect();
-    zoomAt(root, ev.deltaY < 0 ? 1.25 : 0.8, ev.clientX - b.left, ev.clientY - b.top);
+    // proportional to the wheel's delta: a mouse notch (~100) zooms 1.2x, a pinch's small deltas zoom smoothly
+    zoomAt(root, Math.exp(-Math.max(-200, Math.min(200, ev.deltaY)) * 0.0018), ev.clientX - b.left,
+           ev.clientY - b.top);
   }, { passive: false });
   const centre = () => { const b = view.getBoundingClientRect(); return [b.width / 2, b.height / 2]; };
   root.querySelector(".sc-in").onclick = () => zoomAt(root, 1.5, ...centre());
@@ -115,17 +122,25 @@ function build(parentElement) {
   return root;
 }
 
-function svgMarks(d) {
+const SVG = "http://www.w3.org/2000/svg";
+
+function drawMarks(svg, d) {
   const rad = Math.max(2, Math.max(d.width, d.height) / 110);
+  const shape = (tag, attrs) => {
+    const el = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries({ "vector-effect": "non-scaling-stroke", "stroke-width": 2, ...attrs })) {
+      el.setAttribute(k, String(v));
+    }
+    return el;
+  };
   const parts = d.marks.map(([r, c, colour]) =>
-    `<circle cx="${c + 0.5}" cy="${r + 0.5}" r="${rad}" fill="${colour}" stroke="white" stroke-width="2"
-      vector-effect="non-scaling-stroke" class="sc-mark"></circle>`);
+    shape("circle", { cx: c + 0.5, cy: r + 0.5, r: rad, fill: colour, stroke: "white", class: "sc-mark" }));
   if (d.box) {
     const [r0, c0, r1, c1] = d.box;
-    parts.push(`<rect x="${c0}" y="${r0}" width="${c1 - c0 + 1}" height="${r1 - r0 + 1}" fill="none"
-      stroke="#f1c40f" stroke-width="2" vector-effect="non-scaling-stroke"></rect>`);
+    parts.push(shape("rect", { x: c0, y: r0, width: c1 - c0 + 1, height: r1 - r0 + 1, fill: "none",
+                               stroke: "#f1c40f", class: "sc-box" }));
   }
-  return parts.join("");
+  svg.replaceChildren(...parts);
 }
 
 export default function (component) {
@@ -145,7 +160,8 @@ export default function (component) {
   if (base.getAttribute("src") !== data.base) base.setAttribute("src", data.base);
   if (data.layer && layer.getAttribute("src") !== data.layer) layer.setAttribute("src", data.layer);
   layer.style.display = data.layer ? "" : "none";
-  root.querySelector(".sc-svg").innerHTML = svgMarks(data);
-  root.dataset.marks = JSON.stringify(data.marks.map(([r, c]) => [r, c]));
+  drawMarks(root.querySelector(".sc-svg"), data);
+  root.dataset.marks = JSON.stringify(data.marks);
+  root.dataset.box = JSON.stringify(data.box);
   root.dataset.layerSeq = String(data.seq);
 }

@@ -8,14 +8,15 @@ GPU), and it reports clicks only on points, which snapped a click to a 6 px grid
 Coordinate contract (as ``segcore.annotate``): ``on_click(row, col, shift)`` gets the image pixel under the
 pointer; ``on_box(row0, col0, row1, col1)`` the pixels at the drag's two corners (inclusive, row0 < row1,
 col0 < col1). The scan image travels once per scan and window: it is registered with Streamlit's media endpoint
-(same origin, per session) and the element keeps its URL; only the layer (a mostly transparent PNG) and the
-marks travel on each click.
+(same origin) and the element keeps its URL; only the layer (a mostly transparent PNG) and the marks travel on
+each click.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -43,23 +44,34 @@ _canvas = component("segcore_click_canvas", js=(_HERE / "click_canvas.js").read_
 
 
 def image_url(png: bytes, slot: str) -> str:
-    """A URL for ``png`` that the browser fetches once: Streamlit's media endpoint for this session (``slot``
-    names the element, so a new image at the same slot replaces the old one), or a data URI without a runtime."""
-    try:
-        from streamlit.runtime import Runtime
+    """A URL for ``png`` that the browser fetches once: Streamlit's media endpoint (files are content-addressed;
+    ``slot`` names the element for this session, so a new image at the same slot lets the old one go), under the
+    server's ``baseUrlPath``; a data URI when no Streamlit runtime runs (a bare script)."""
+    from streamlit.runtime import Runtime
 
-        return Runtime.instance().media_file_mgr.add(png, "image/png", f"segcore-click-canvas-{slot}")
-    except Exception:  # no runtime (bare script, some test harnesses): inline the image
+    if not Runtime.exists():
         return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    url = Runtime.instance().media_file_mgr.add(png, "image/png", f"segcore-click-canvas-{slot}")
+    base = (st.get_option("server.baseUrlPath") or "").strip("/")
+    return f"/{base}{url}" if base and url.startswith("/") else url
+
+
+_PNG_SLOT = "sc_click_canvas_png"  # one encoded scan per session (the canvas on screen), not one per slice visited
 
 
 def _scan_url(display: np.ndarray, key: str) -> str:
     """The scan's URL, encoded once per displayed image (a PNG of a 512x512 slice takes ~10 ms)."""
-    cache = st.session_state.setdefault(f"{key}_scan_png", {})
-    digest = hashlib.blake2b(np.ascontiguousarray(display).tobytes(), digest_size=16).hexdigest()
-    if cache.get("digest") != digest:
-        cache.update(digest=digest, png=image_png(display))
-    return image_url(cache["png"], key)
+    a = np.ascontiguousarray(display)
+    h = hashlib.blake2b(a.tobytes(), digest_size=16)
+    h.update(f"{a.shape}{a.dtype}".encode())
+    digest = h.hexdigest()
+    cached = st.session_state.get(_PNG_SLOT)
+    if cached is None or cached[0] != digest:
+        cached = st.session_state[_PNG_SLOT] = (digest, image_png(a))
+    return image_url(cached[1], key)
+
+
+_COLOUR = re.compile(r"#[0-9a-fA-F]{3}(?:[0-9a-fA-F]{3})?")
 
 
 def click_canvas(display: np.ndarray, layer: np.ndarray | None, *, key: str, title: str,
@@ -83,8 +95,10 @@ def click_canvas(display: np.ndarray, layer: np.ndarray | None, *, key: str, tit
         if v:
             on_box(int(v["row0"]), int(v["col0"]), int(v["row1"]), int(v["col1"]))
 
-    seq = st.session_state.get(f"{key}_seq", 0) + 1
-    st.session_state[f"{key}_seq"] = seq
+    bad = [c for _, _, c in marks if not _COLOUR.fullmatch(str(c))]
+    if bad:
+        raise ValueError(f"Mark colours must be '#rgb' or '#rrggbb'. Got {bad}.")
+    seq = st.session_state["sc_click_canvas_seq"] = st.session_state.get("sc_click_canvas_seq", 0) + 1
     data = {"base": _scan_url(display, key), "layer": png_uri(layer) if layer is not None else "",
             "width": int(w), "height": int(h), "title": title, "max_width": int(max_width), "seq": seq,
             "marks": [[int(r), int(c), str(col)] for r, c, col in marks],

@@ -182,15 +182,19 @@ def smart_click(image, display, layer, positive: bool, key: str, *, accept, acce
 
     ss = st.session_state
     pk = f"{key}_prompt"
-    empty = {"clicks": [], "box": None, "proposal": None, "reset": reset}
+
+    def fresh() -> dict:
+        return {"clicks": [], "box": None, "proposal": None, "reset": reset}
+
     if pk not in ss or ss[pk].get("reset") != reset:
-        ss[pk] = dict(empty)
+        ss[pk] = fresh()
     prompt = ss[pk]
 
-    def run():
+    def run(previous=True):
         try:
-            prompt["proposal"] = segment(image, prompt["clicks"], box=prompt["box"], previous=prompt["proposal"],
-                                         model=click_model())
+            prompt["proposal"] = (segment(image, prompt["clicks"], box=prompt["box"],
+                                          previous=prompt["proposal"] if previous else None, model=click_model())
+                                  if prompt["clicks"] or prompt["box"] else None)
         except ValueError as exc:
             prompt["error"] = str(exc)
         else:
@@ -206,15 +210,14 @@ def smart_click(image, display, layer, positive: bool, key: str, *, accept, acce
 
     def take():
         accept(prompt["proposal"])
-        ss[pk] = dict(empty)
+        ss[pk] = fresh()
 
-    def undo():
+    def undo():  # the remaining prompts from scratch: the previous mask held the undone click
         prompt["clicks"].pop()
-        prompt["proposal"] = (segment(image, prompt["clicks"], box=prompt["box"], model=click_model())
-                              if prompt["clicks"] or prompt["box"] else None)
+        run(previous=False)
 
     def discard():
-        ss[pk] = dict(empty)
+        ss[pk] = fresh()
 
     b1, b2, b3 = st.columns(3)
     has = prompt["proposal"] is not None
