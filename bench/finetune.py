@@ -352,7 +352,9 @@ def seeds_main(args, argv, base, bcfg, cases, sizes, reused, old, seeds) -> int:
             print(f"{name} n={n} best cell {best['epochs']} epochs, lr {best['learning_rate']:g}", flush=True)
             rows.append(run_seeds(name, n, model, config, [ims[z] for z in tr], [ms[z] for z in tr], te_im, te_m,
                                   best, seeds))
-    runs = [{"seeds": seeds, "commit": _commit(), "seconds": round(time.perf_counter() - T0, 1)}]
+    command = " ".join(["flock /tmp/segcore-cpu.lock .venv/bin/python bench/finetune.py",
+                        *(argv if argv is not None else sys.argv[1:])])
+    runs = [{"seeds": seeds, "commit": _commit(), "seconds": round(time.perf_counter() - T0, 1), "command": command}]
     if args.append and Path(args.out).is_file():
         before = json.loads(Path(args.out).read_text())
         earlier = {(c["case"], c["n_corrections"]): c for c in before["cases"]}
@@ -368,9 +370,7 @@ def seeds_main(args, argv, base, bcfg, cases, sizes, reused, old, seeds) -> int:
            "note": "per case, the defaults and the grid's best cell (picked by test Dice at seed 0) each trained with "
                    "every seed; 'within 0.02' compares the means over the seeds other than 0 (seed 0 of the manual "
                    "cell is the grid's own run, the best of 9 by test Dice: shown, not compared)",
-           "command": " ".join(["flock /tmp/segcore-cpu.lock .venv/bin/python bench/finetune.py",
-                                *(argv if argv is not None else sys.argv[1:])]),
-           "seconds_total": round(time.perf_counter() - T0, 1)}
+           "command": command, "seconds_total": round(time.perf_counter() - T0, 1)}
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {args.out}")
     return 0

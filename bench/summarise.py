@@ -394,7 +394,9 @@ def finetune_seeds_section(sd) -> list[str]:
     if not sd:
         return []
     seeds = ", ".join(map(str, sd["seeds"]))
-    out = ["", f"### Seed-averaged comparison (commit {sd['commit']}, seeds {seeds})", "",
+    runs = sd.get("runs") or [{"seeds": sd["seeds"], "commit": sd["commit"], "command": sd["command"]}]
+    when = "; ".join(f"seeds {', '.join(map(str, r['seeds']))} at {r['commit']}" for r in runs)
+    out = ["", f"### Seed-averaged comparison ({when}; `adapt` unchanged between them)", "",
            ("One run per case picks the best of 9 grid cells by its test Dice, which favours the grid by the "
             "run-to-run noise (the seed changes the hold-out split, the crops and the augmentation). Here the "
             "defaults and the best cell are each trained with the same seeds and compared by their means over the "
@@ -411,8 +413,8 @@ def finetune_seeds_section(sd) -> list[str]:
                    f"{c['manual_mean']:.4f} | {c['gap_of_means']:+.4f} | {'yes' if c['within_0.02'] else 'no'} | "
                    f"{min(r['seconds'] for r in d)}–{max(r['seconds'] for r in d)} s |")
     n_ok = sum(c["within_0.02"] for c in sd["cases"])
-    return out + ["", f"Within 0.02 by the means: {n_ok} of {len(sd['cases'])} cases. Command: `{sd['command']}`.",
-                  ""]
+    cmds = ", then ".join(f"`{r['command']}`" for r in runs)
+    return out + ["", f"Within 0.02 by the means: {n_ok} of {len(sd['cases'])} cases. Commands: {cmds}.", ""]
 
 
 def finetune_rerun_section(rr) -> list[str]:
