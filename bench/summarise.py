@@ -191,6 +191,19 @@ def main():
             out += ["", f"Same model and objects {label.replace('_', ' ')} ({cmp['settings']}): " + "; ".join(
                 f"{name.replace('_', ' ')} NoC@85 {r['noc85']:.2f}, NoC@90 {r['noc90']:.2f}, IoU 1 click "
                 f"{r['iou_1_click']:.3f}" for name, r in cmp["results"].items()) + f". Command: `{cmp['command']}`."]
+        trial = load("interactive_stage2_trial.json")
+        if trial:
+            out += ["", f"Tried and not adopted: {trial['note']}. Train: `{trial['train_command']}` "
+                        f"({trial['train_seconds']:.0f} s).", "",
+                    "| objects | model | NoC@85 | NoC@90 | IoU 1 click | IoU 5 clicks |", "|---|---|---|---|---|---|"]
+            for part in ("validation", "test"):
+                for s_name in trial[part]["shipped"]:
+                    for m in ("shipped", "stage2"):
+                        r = trial[part][m][s_name]
+                        out.append(f"| {part}: {s_name.replace('_', ' ')} | {m} | {r['noc85']:.2f} | "
+                                   f"{r['noc90']:.2f} | {r['iou_1_click']:.3f} | {r['iou_5_clicks']:.3f} |")
+            out += ["", f"Decision: {trial['decision']}. Commands: `{trial['validation_command']}`, "
+                        f"`{trial['test_command']}`."]
         out += ["", f"Time per click, `segment()` on {t['image']}: first click {t['network']['first_click_ms_median']} "
                 f"ms, second click {t['network']['second_click_ms_median']} ms (median of {t['repeats']}; network "
                 f"forward alone {t['network_forward_only_ms_median']} ms); GrabCut "
