@@ -18,7 +18,7 @@ import numpy as np
 from .labels import png_bytes
 
 __all__ = ["image_panels", "orthogonal_views", "ortho_click", "ORTHO_PLANES", "line_plot", "uncertainty_colorscale",
-           "CLICK_TRACE_NAME", "image_png", "png_uri"]
+           "CLICK_TRACE_NAME", "image_digest", "image_png", "png_uri"]
 
 CLICK_TRACE_NAME = "pixels"
 
@@ -41,6 +41,21 @@ def image_png(arr: np.ndarray) -> bytes:
     else:
         data = png_bytes(a)
     return data
+
+
+def image_digest(arr: np.ndarray) -> str:
+    """A short content digest of an image (its bytes, shape and dtype): the same picture, the same digest.
+
+    >>> a = np.zeros((2, 3), np.uint8)
+    >>> image_digest(a) == image_digest(a.copy()), image_digest(a) == image_digest(a.reshape(3, 2))
+    (True, False)
+    """
+    import hashlib
+
+    a = np.ascontiguousarray(arr)
+    h = hashlib.blake2b(a.tobytes(), digest_size=16)
+    h.update(f"{a.shape}{a.dtype}".encode())
+    return h.hexdigest()
 
 
 def png_uri(arr: np.ndarray) -> str:

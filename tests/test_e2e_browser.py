@@ -317,10 +317,14 @@ def test_polygon_fill_is_saved_as_drawn_and_review_point_is_clicked(app_server, 
 
 
 def _canvas_point(view, r, c, shape):
-    """Screen position of image pixel (row, col)'s centre on the Smart click canvas (at 100 % zoom)."""
+    """Screen position of image pixel (row, col)'s centre on the Smart click canvas (at 100 % zoom); it must lie
+    in the viewport (a mouse event outside it reaches nothing), so scroll the canvas into view first."""
     bb = view.bounding_box()
     h, w = shape
-    return bb["x"] + (c + 0.5) / w * bb["width"], bb["y"] + (r + 0.5) / h * bb["height"]
+    x, y = bb["x"] + (c + 0.5) / w * bb["width"], bb["y"] + (r + 0.5) / h * bb["height"]
+    size = view.page.viewport_size
+    assert 0 <= x < size["width"] and 0 <= y < size["height"], ((x, y), bb, size)
+    return x, y
 
 
 def test_smart_click_segments_an_object_and_saves_it(app_server, browser):
@@ -388,6 +392,8 @@ def test_smart_click_segments_an_object_and_saves_it(app_server, browser):
     assert mask[r, c] == 1 and inside >= 0.8 * changed, (inside, changed)
 
     # a box dragged around the lesion alone proposes it: the same object, from a box prompt
+    _wait_idle(page)
+    view.scroll_into_view_if_needed()
     ys, xs = np.nonzero(comp == k)
     start = _canvas_point(view, ys.min() - 4, xs.min() - 4, scan.pixels.shape)
     end = _canvas_point(view, ys.max() + 4, xs.max() + 4, scan.pixels.shape)

@@ -15,16 +15,14 @@ each click.
 from __future__ import annotations
 
 import base64
-import hashlib
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
 from streamlit.components.v2 import component
 
-from segcore.figures import image_png, png_uri
+from segcore.figures import image_digest, image_png, png_uri
 
 _HERE = Path(__file__).parent
 _CSS = """
@@ -59,22 +57,19 @@ def image_url(png: bytes, slot: str) -> str:
 _PNG_SLOT = "sc_click_canvas_png"  # one encoded scan per session (the canvas on screen), not one per slice visited
 
 
-def _scan_url(display: np.ndarray, key: str) -> str:
+def _scan_url(display, key: str) -> str:
     """The scan's URL, encoded once per displayed image (a PNG of a 512x512 slice takes ~10 ms)."""
-    a = np.ascontiguousarray(display)
-    h = hashlib.blake2b(a.tobytes(), digest_size=16)
-    h.update(f"{a.shape}{a.dtype}".encode())
-    digest = h.hexdigest()
+    digest = image_digest(display)
     cached = st.session_state.get(_PNG_SLOT)
     if cached is None or cached[0] != digest:
-        cached = st.session_state[_PNG_SLOT] = (digest, image_png(a))
+        cached = st.session_state[_PNG_SLOT] = (digest, image_png(display))
     return image_url(cached[1], key)
 
 
 _COLOUR = re.compile(r"#[0-9a-fA-F]{3}(?:[0-9a-fA-F]{3})?")
 
 
-def click_canvas(display: np.ndarray, layer: np.ndarray | None, *, key: str, title: str,
+def click_canvas(display, layer, *, key: str, title: str,
                  marks: Sequence[tuple[int, int, str]] = (), box: tuple[int, int, int, int] | None = None,
                  on_click: Callable[[int, int, bool], None], on_box: Callable[[int, int, int, int], None],
                  max_width: int = 720) -> None:
