@@ -108,17 +108,21 @@ def run_default(base, bcfg, tr_im, tr_m, te_im, te_m, seed: int = 0):
                  "capped_by_time": res.decisions.get("capped_by_time"), "domain_dice": res.decisions["domain_dice"]}
 
 
-def run_grid(base, bcfg, tr_im, tr_m, te_im, te_m, epochs, lrs):
+def run_manual(base, bcfg, tr_im, tr_m, te_im, te_m, epochs, lr, seed: int = 0) -> dict:
+    """One manual setting (E epochs at peak lr, all corrections, no hold-out): test Dice and seconds."""
     from segcore.finetune import FineTuneSettings, adapt
 
+    t = time.perf_counter()
+    res = adapt(base, bcfg, tr_im, tr_m, settings=FineTuneSettings(epochs=epochs, learning_rate=lr,
+                                                                  time_budget_s=10_000, seed=seed))
+    return {"dice": pooled_dice(res.model, res.config, te_im, te_m), "seconds": round(time.perf_counter() - t, 1)}
+
+
+def run_grid(base, bcfg, tr_im, tr_m, te_im, te_m, epochs, lrs):
     cells = []
     for e in epochs:
         for lr in lrs:
-            t = time.perf_counter()
-            res = adapt(base, bcfg, tr_im, tr_m, settings=FineTuneSettings(epochs=e, learning_rate=lr,
-                                                                          time_budget_s=10_000))
-            cells.append({"epochs": e, "learning_rate": lr, "dice": pooled_dice(res.model, res.config, te_im, te_m),
-                          "seconds": round(time.perf_counter() - t, 1)})
+            cells.append({"epochs": e, "learning_rate": lr, **run_manual(base, bcfg, tr_im, tr_m, te_im, te_m, e, lr)})
             print(f"    grid E={e} lr={lr:g}: {cells[-1]}", flush=True)
     return cells
 
@@ -128,8 +132,6 @@ def run_seeds(name, n, base, bcfg, tr_im, tr_m, te_im, te_m, best_cell, seeds):
     change with it); seed 0 of the manual cell is the grid's own run. Picking the best of 9 grid cells by test
     Dice in one run favours the grid by the run-to-run noise; comparing both over seeds the pick did not see
     (:func:`seed_stats`) does not."""
-    from segcore.finetune import FineTuneSettings, adapt
-
     default, manual = [], []
     for seed in seeds:
         _, d = run_default(base, bcfg, tr_im, tr_m, te_im, te_m, seed=seed)
@@ -138,11 +140,8 @@ def run_seeds(name, n, base, bcfg, tr_im, tr_m, te_im, te_m, best_cell, seeds):
         if seed == 0:
             manual.append({"seed": 0, "dice": best_cell["dice"], "seconds": best_cell["seconds"], "source": "grid"})
             continue
-        t = time.perf_counter()
-        res = adapt(base, bcfg, tr_im, tr_m, settings=FineTuneSettings(
-            epochs=best_cell["epochs"], learning_rate=best_cell["learning_rate"], time_budget_s=10_000, seed=seed))
-        manual.append({"seed": seed, "dice": pooled_dice(res.model, res.config, te_im, te_m),
-                       "seconds": round(time.perf_counter() - t, 1), "source": "this run"})
+        manual.append({"seed": seed, **run_manual(base, bcfg, tr_im, tr_m, te_im, te_m, best_cell["epochs"],
+                                                  best_cell["learning_rate"], seed), "source": "this run"})
         print(f"    seed {seed} manual: {manual[-1]}", flush=True)
     return {"case": name, "n_corrections": n, "best_cell": {k: best_cell[k] for k in ("epochs", "learning_rate")},
             "default": default, "manual": manual, **seed_stats(default, manual)}

@@ -18,7 +18,7 @@ import numpy as np
 from .labels import png_bytes
 
 __all__ = ["image_panels", "orthogonal_views", "ortho_click", "ORTHO_PLANES", "line_plot", "uncertainty_colorscale",
-           "CLICK_TRACE_NAME", "image_digest", "image_png", "png_uri"]
+           "CLICK_TRACE_NAME", "image_digest", "image_png", "png_data_uri", "png_uri"]
 
 CLICK_TRACE_NAME = "pixels"
 
@@ -58,9 +58,14 @@ def image_digest(arr: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def png_data_uri(png: bytes) -> str:
+    """``data:image/png;base64,...`` of PNG bytes (what a browser shows inline)."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
 def png_uri(arr: np.ndarray) -> str:
-    """A ``data:image/png;base64`` URI of :func:`image_png`'s encoding (what a browser shows inline)."""
-    return "data:image/png;base64," + base64.b64encode(image_png(arr)).decode("ascii")
+    """The data URI of :func:`image_png`'s encoding of ``arr``."""
+    return png_data_uri(image_png(arr))
 
 
 def image_panels(

@@ -267,13 +267,9 @@ class JobManager:
             raise ValueError(f"Unknown job kind '{spec.kind}'. Accepted: {list(JOB_KINDS)}.")
         if spec.kind == "instances":
             return self._queue_job(self._checked_instance_spec(spec, who), who)
-        known = {c.id for c in self.workspace.list_corrections()}
         ids = list(spec.correction_ids)
-        if not ids:
-            raise ValueError("A fine-tune job needs at least one correction to train on.")
-        missing = sorted(set(ids + list(spec.held_out_ids)) - known)
-        if missing:
-            raise ValueError(f"Unknown correction ids {missing}. Saved corrections: {sorted(known)}.")
+        _check_ids(ids + list(spec.held_out_ids), ids, {c.id for c in self.workspace.list_corrections()},
+                   "correction")
         overlap = sorted(set(ids) & set(spec.held_out_ids))
         if overlap:
             raise ValueError(f"Corrections {overlap} are both trained on and held out; choose one.")
@@ -298,13 +294,8 @@ class JobManager:
 
     def _checked_instance_spec(self, spec: JobSpec, who: Identity) -> JobSpec:
         iws = self.instances
-        known = {r.id for r in iws.list()}
         ids = list(spec.correction_ids)
-        if not ids:
-            raise ValueError("A fine-tune job needs at least one correction to train on.")
-        missing = sorted(set(ids) - known)
-        if missing:
-            raise ValueError(f"Unknown instance correction ids {missing}. Saved: {sorted(known)}.")
+        _check_ids(ids, ids, {r.id for r in iws.list()}, "instance correction")
         if spec.held_out_ids or spec.class_names or spec.class_colors or spec.new_head:
             raise ValueError("An instance fine-tune takes no held-out ids or class changes: it holds out part of "
                              "its corrections itself and keeps the instance model's classes.")
@@ -631,17 +622,26 @@ class JobManager:
         return load_split(self.sample_dir / "phantom" / "train", config)
 
 
+def _check_ids(ids: list, train_ids: list, known: set, what: str) -> None:
+    """Something to train on, and every id (trained on or held out) a saved correction of this kind."""
+    if not train_ids:
+        raise ValueError("A fine-tune job needs at least one correction to train on.")
+    missing = sorted(set(ids) - known)
+    if missing:
+        raise ValueError(f"Unknown {what} ids {missing}. Saved {what}s: {sorted(known)}.")
+
+
 def _instance_config(settings: dict):
-    """The instance fine-tune's training settings: :func:`fine_tune_instances`' defaults, ``steps`` overridden."""
+    """The instance fine-tune's training settings: :func:`fine_tune_config`, ``steps`` overridden when given."""
     from .instances.train import fine_tune_config
 
-    steps = settings.get("steps", 400)
+    steps = settings.get("steps")
     scale = settings.get("pixel_scale")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
         raise ValueError(f"steps must be a whole number >= 1. Got {steps!r}.")
     if scale is not None and not (isinstance(scale, (int, float)) and 0 < scale <= 16):
         raise ValueError(f"pixel_scale must be a number in (0, 16]. Got {scale!r}.")
-    return fine_tune_config(steps)
+    return fine_tune_config() if steps is None else fine_tune_config(steps)
 
 
 def _compact_history(history: list[dict], keep: int = 120) -> list[dict]:

@@ -14,7 +14,6 @@ each click.
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import streamlit as st
 from streamlit.components.v2 import component
 
-from segcore.figures import image_digest, image_png, png_uri
+from segcore.figures import image_digest, image_png, png_data_uri, png_uri
 
 _HERE = Path(__file__).parent
 _CSS = """
@@ -48,7 +47,7 @@ def image_url(png: bytes, slot: str) -> str:
     from streamlit.runtime import Runtime
 
     if not Runtime.exists():
-        return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+        return png_data_uri(png)
     url = Runtime.instance().media_file_mgr.add(png, "image/png", f"segcore-click-canvas-{slot}")
     base = (st.get_option("server.baseUrlPath") or "").strip("/")
     return f"/{base}{url}" if base and url.startswith("/") else url
