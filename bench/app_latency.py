@@ -209,6 +209,15 @@ def library_crf_ms(repeats=7) -> tuple[float, dict]:
     return statistics.median(ts) * 1000, params
 
 
+def git_label(app_dir) -> str:
+    """The checkout's short commit, with '+ uncommitted changes' when tracked files differ from it."""
+    def git(*a):
+        return subprocess.run(["git", *a], cwd=app_dir, capture_output=True, text=True).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return git("rev-parse", "--short", "HEAD") + (" + uncommitted changes" if dirty else "")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--app-dir", default=str(ROOT))
@@ -229,8 +238,7 @@ def main():
         cv2.imwrite(str(p), np.clip(hu + HU_OFFSET, 0, 4095).astype(np.uint16))
         pngs.append(p)
     res: dict = {"server": " ".join(Path(a).name for a in server_command(app_dir)[1:]), "app_dir": str(app_dir),
-                 "git": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=app_dir,
-                                                                capture_output=True, text=True).stdout.strip()}
+                 "git": git_label(app_dir)}
     proc, url = start_server(app_dir, tmp / "data")
     samples = {k: [] for k in ("first_load_warm", "sample_switch", "view_switch", "window_preset", "refine_slider",
                                "crf_iterations_plus1", "slider_6_keyboard_steps", "upload_png_512")}

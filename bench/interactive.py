@@ -20,8 +20,10 @@ never trained on; stardist nuclei cross-sections of the 21 held-out nuclei) and 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -35,6 +37,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SHARED = ROOT.parent / "shared" / "data"
 MAX_CLICKS = 20
 BRUSH_RADII = (2, 4)
+# inference settings a fold model takes from the evaluated model (the network weights are the fold's own)
+INFERENCE_FIELDS = ("threshold", "flip_average", "click_snap_radius", "reframe", "max_expansions",
+                    "keep_clicked_components", "click_force_radius")
 
 
 def datasets(shared: Path, limit: int | None):
@@ -59,16 +64,19 @@ def loose_box(mask, frac=0.1):
     return (max(0.0, r0 - pad_r), max(0.0, c0 - pad_c), min(h - 1.0, r1 + pad_r), min(w - 1.0, c1 + pad_c))
 
 
-def evaluate_method(fn, objects):
+def evaluate_method(fn, objects, fn_for=None):
+    """Click sessions and box prompts of ``fn`` on ``objects``; ``fn_for(meta)`` picks a function per object."""
     from segcore.interactive import click_session, iou
 
     rows = []
     for image, gt, meta in objects:
-        def method(clicks, prev, image=image):
-            return fn(image, clicks, previous=prev)
+        seg = fn_for(meta) if fn_for else fn
+
+        def method(clicks, prev, image=image, seg=seg):
+            return seg(image, clicks, previous=prev)
 
         s = click_session(method, gt, max_clicks=MAX_CLICKS, stop_iou=0.9, min_clicks=5)
-        box_iou = iou(fn(image, [], box=loose_box(gt)), gt)
+        box_iou = iou(seg(image, [], box=loose_box(gt)), gt)
         rows.append({"meta": meta, "ious": [round(v, 4) for v in s.ious], "noc85": s.noc(0.85, MAX_CLICKS),
                      "noc90": s.noc(0.9, MAX_CLICKS), "iou1": s.iou_at(1), "iou3": s.iou_at(3), "iou5": s.iou_at(5),
                      "box_iou": box_iou, "ms_per_click": 1000 * float(np.median(s.seconds))})
@@ -140,7 +148,8 @@ def timing(model, shared: Path, repeats: int):
         out[name] = {"first_click_ms_median": round(1000 * float(np.median(t1)), 1),
                      "second_click_ms_median": round(1000 * float(np.median(t2)), 1),
                      "first_click_ms_p90": round(1000 * float(np.percentile(t1, 90)), 1)}
-    x = np.zeros((1, model.config.net_size, model.config.net_size, model.config.channels), np.float32)
+    batch = 4 if model.config.flip_average else 1  # what one segment() window runs
+    x = np.zeros((batch, model.config.net_size, model.config.net_size, model.config.channels), np.float32)
     model.predict(x)
     tn = []
     for _ in range(repeats):
@@ -148,14 +157,25 @@ def timing(model, shared: Path, repeats: int):
         model.predict(x)
         tn.append(time.perf_counter() - t0)
     out["network_forward_only_ms_median"] = round(1000 * float(np.median(tn)), 1)
+    out["network_forward_batch"] = batch
     return out
 
 
-def compare_models(specs, settings, sets) -> dict:
-    """Other model folders (``LABEL=FOLDER``) with optional inference settings, on the same objects."""
-    import dataclasses
+def weights_digest(folder) -> str:
+    """The first 12 hex digits of the sha256 of a model folder's ``model.keras``."""
+    import hashlib
 
+    return hashlib.sha256((Path(folder) / "model.keras").read_bytes()).hexdigest()[:12]
+
+
+def compare_models(specs, settings, sets, command: str) -> dict:
+    """Other model folders (``LABEL=FOLDER``) with optional inference settings, on the same objects.
+
+    A model that trained on radiomics cases is not scored on the radiomics lesions (not held out; see
+    ``--radiomics-folds`` for its leave-one-case-out figures).
+    """
     from segcore.interactive import ClickModel, segment
+    from segcore.interactive.data import trained_cases
 
     overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in settings)}
     out = {}
@@ -163,8 +183,16 @@ def compare_models(specs, settings, sets) -> dict:
         label, folder = spec.split("=", 1)
         m = ClickModel.load(folder)
         m.config = dataclasses.replace(m.config, **overrides)
-        out[label] = {"folder": folder, "settings": overrides, "results": {}}
+        st = (m.config.training or {}).get("settings") or {}
+        out[label] = {"folder": folder, "settings": overrides, "results": {}, "command": command,
+                      "weights": weights_digest(folder),
+                      "training": {k: st.get(k) for k in ("init", "steps", "learning_rate", "seed", "max_sim_rounds",
+                                                          "radiomics_cases")}}
+        seen = trained_cases(m.config)
         for name, objs in sets.items():
+            if name == "radiomics_lesions" and seen:
+                out[label]["skipped"] = {name: f"trained on the radiomics cases {sorted(seen)}"}
+                continue
             r = evaluate_method(lambda im, c, m=m, **kw: segment(im, c, model=m, **kw), objs)
             out[label]["results"][name] = {k: v for k, v in r.items() if k != "per_object"}
             print(label, name, json.dumps({k: r[k] for k in ("noc85", "noc90", "iou_1_click", "iou_5_clicks")}),
@@ -194,6 +222,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model folder (default: the shipped one)")
     ap.add_argument("--limit", type=int, default=None, help="at most this many objects per data set (quick look)")
+    ap.add_argument("--sets", default=None, help="comma-separated subset of phantom_lesions, radiomics_lesions, "
+                                                 "stardist_nuclei")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "interactive.json"))
     ap.add_argument("--part", choices=("all", "quality", "timing"), default="all",
@@ -203,33 +233,62 @@ def main(argv=None):
                          "from git history), recorded under compare/LABEL")
     ap.add_argument("--compare-set", action="append", default=[], metavar="KEY=VALUE",
                     help="InteractiveConfig inference setting for the --compare models (e.g. click_snap_radius=0)")
+    ap.add_argument("--radiomics-folds", default=None, metavar="DIR",
+                    help="leave-one-case-out models DIR/fold_<case> for the radiomics lesions (required when the "
+                         "model trained on radiomics cases)")
     ap.add_argument("--write-card", action="store_true",
                     help="also write the measured metrics into the model's MODEL_CARD.md and config.json")
     args = ap.parse_args(argv)
 
     from segcore.interactive import grabcut_segment, load_model, segment
+    from segcore.interactive.data import held_out_models, trained_cases
 
+    known = ("phantom_lesions", "radiomics_lesions", "stardist_nuclei")
+    chosen = args.sets.split(",") if args.sets else list(known)
+    if set(chosen) - set(known):
+        ap.error(f"unknown --sets {sorted(set(chosen) - set(known))}: choose from {', '.join(known)}")
     model = load_model(args.model)
+    if args.write_card and (args.sets or args.limit or trained_cases(model.config)):
+        ap.error("--write-card writes the model's own metrics: not with --sets or --limit (a partial run), nor for a "
+                 "model trained on radiomics cases (its radiomics figures come from other models)")
+    run = shlex.join(["flock", "/tmp/segcore-cpu.lock", ".venv/bin/python", "bench/interactive.py",
+                      *(sys.argv[1:] if argv is None else argv)])
     if args.part == "timing":
         res = json.loads(Path(args.out).read_text())
         sets = {}
     else:
-        sets = datasets(SHARED, args.limit)
+        sets = {k: v for k, v in datasets(SHARED, args.limit).items() if k in chosen}
+        missing = sorted(set(chosen) - set(sets))
+        if missing:
+            raise SystemExit(f"No objects for {missing}: is the shared data folder {SHARED} there?")
         res = {"max_clicks": MAX_CLICKS, "model": str(args.model or "sample_data/models/interactive"),
+               "weights": weights_digest(args.model or ROOT / "sample_data" / "models" / "interactive"),
                "n_objects": {k: len(v) for k, v in sets.items()}, "network": {}, "grabcut": {}, "brush": {}}
+    try:
+        folds = held_out_models(model, args.radiomics_folds, inference=INFERENCE_FIELDS) \
+            if "radiomics_lesions" in sets else {}
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    if folds and any(m is not model for m in folds.values()):
+        res["radiomics_folds"] = {case: {"folder": str(Path(args.radiomics_folds) / f"fold_{case}"),
+                                         "trained_on": sorted(trained_cases(m.config))} for case, m in folds.items()}
+    elif args.radiomics_folds:
+        print(f"--radiomics-folds ignored: {args.model or 'the shipped model'} trained on no radiomics case",
+              flush=True)
     for name, objs in sets.items():
         t0 = time.perf_counter()
-        res["network"][name] = evaluate_method(lambda im, c, **kw: segment(im, c, model=model, **kw), objs)
+        fn_for = (lambda meta: lambda im, c, **kw: segment(im, c, model=folds[meta["source"]], **kw)) \
+            if name == "radiomics_lesions" else None
+        res["network"][name] = evaluate_method(lambda im, c, **kw: segment(im, c, model=model, **kw), objs, fn_for)
         res["grabcut"][name] = evaluate_method(grabcut_segment, objs)
         res["brush"][name] = evaluate_brush(objs)
         print(name, json.dumps({m: {k: res[m][name][k] for k in ("noc85", "noc90", "iou_1_click", "iou_5_clicks")}
                                 for m in ("network", "grabcut")}), f"{time.perf_counter() - t0:.0f} s", flush=True)
     if args.compare and sets:
-        res["compare"] = compare_models(args.compare, args.compare_set, sets)
+        res["compare"] = compare_models(args.compare, args.compare_set, sets, run)
     res["timing"] = timing(model, SHARED, args.repeats) if args.part != "quality" else None
     res["targets"] = targets(res)
-    res["command"] = ("flock /tmp/segcore-cpu.lock .venv/bin/python bench/interactive.py (or --part quality, then "
-                      "--part timing under the lock)")
+    res["timing_command" if args.part == "timing" else "command"] = run
     res["machine"] = f"{os.cpu_count()} CPU cores, no GPU"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=1))

@@ -17,6 +17,47 @@ def load(name):
     return json.loads(p.read_text()) if p.is_file() else None
 
 
+def describe_model(cmp, shipped_weights):
+    """Where a compared click model came from, from what the benchmark recorded of it."""
+    w, tr = cmp.get("weights"), cmp.get("training") or {}
+    if w and w == shipped_weights:
+        return (f"the shipped weights (model.keras sha256 {w}) with the inference settings of its own config "
+                "(the shipped config before this change)")
+    if tr.get("init"):
+        return (f"{tr['steps']} more training steps from `{tr['init']}` (then the shipped weights), peak lr "
+                f"{tr['learning_rate']}, seed {tr['seed']}, up to {tr['max_sim_rounds']} simulator rounds"
+                + (f", radiomics cases {', '.join(tr['radiomics_cases'])}" if tr.get("radiomics_cases") else "")
+                + f" (model.keras sha256 {w})")
+    return f"model.keras sha256 {w}"
+
+
+def interactive_decision(it, compare, val):
+    """What the comparison runs say about the shipped click model against the previous one and retrained stages
+    (every figure computed from the results files)."""
+    out = []
+    prev = compare.get("previous")
+    if prev and val and prev["folder"] in val["results"]:
+        shipped = next((k for k in val["results"] if k.rstrip("/").endswith("sample_data/models/interactive")), None)
+        if shipped:
+            a, b = val["results"][prev["folder"]], val["results"][shipped]
+            sets = [k for k in a if k in b]
+            iou_up = sum(b[k]["iou_1_click"] > a[k]["iou_1_click"] for k in sets)
+            noc_down = sum(b[k]["noc90"] < a[k]["noc90"] for k in sets)
+            out += ["", f"The shipped model against `previous` on the validation objects below: 1-click IoU higher on "
+                        f"{iou_up} of {len(sets)} sets, NoC@90 lower on {noc_down} of {len(sets)}."]
+    seeds = {k: v for k, v in compare.items() if k.startswith("stage_seed")}
+    rad = {k: v["results"]["radiomics_lesions"] for k, v in seeds.items() if "radiomics_lesions" in v["results"]}
+    if len(rad) >= 2 and "radiomics_lesions" in it["grabcut"]:
+        g = it["grabcut"]["radiomics_lesions"]
+        spread = {m: max(r[m] for r in rad.values()) - min(r[m] for r in rad.values()) for m in ("noc85", "noc90")}
+        beats = [k for k, r in rad.items() if r["noc85"] < g["noc85"] and r["noc90"] < g["noc90"]]
+        out += ["", f"Retraining stages from the same recipe with different seeds ({', '.join(rad)}) differ on the "
+                    f"real lesions by {spread['noc85']:.2f} clicks of NoC@85 and {spread['noc90']:.2f} of NoC@90; "
+                    f"{len(beats)} of {len(rad)} beat GrabCut on both there"
+                    + (f" ({', '.join(beats)})" if beats else "") + "."]
+    return out
+
+
 def instances_section(ins):
     """Whole-image AP per data set: Mask R-CNN (whole and tiled) vs the tuned classical pipeline."""
     def f(v):
@@ -187,13 +228,51 @@ def main():
         t = it["timing"] or {"image": "—", "network": {"first_click_ms_median": "—", "second_click_ms_median": "—"},
                              "repeats": 0, "network_forward_only_ms_median": "—",
                              "grabcut": {"first_click_ms_median": "—"}}
-        for label, cmp in (it.get("compare") or {}).items():
-            out += ["", f"Same model and objects {label.replace('_', ' ')} ({cmp['settings']}): " + "; ".join(
-                f"{name.replace('_', ' ')} NoC@85 {r['noc85']:.2f}, NoC@90 {r['noc90']:.2f}, IoU 1 click "
-                f"{r['iou_1_click']:.3f}" for name, r in cmp["results"].items()) + f". Command: `{cmp['command']}`."]
+        compare = it.get("compare") or {}
+        if compare:
+            out += ["", "Other models on the same objects in the same run (`--compare`; each with the inference "
+                        "settings in its own config unless stated):", "",
+                    "| model | settings | data set | NoC@85 | NoC@90 | IoU 1 click | IoU 5 clicks |",
+                    "|---|---|---|---|---|---|---|"]
+            for label, cmp in compare.items():
+                for name, why in (cmp.get("skipped") or {}).items():
+                    out.append(f"| {label} (`{cmp['folder']}`) | — | {names.get(name, name)} | not scored: {why} "
+                               "| | | |")
+                for name, r in cmp["results"].items():
+                    out.append(f"| {label} (`{cmp['folder']}`) | {cmp['settings'] or '—'} | {names.get(name, name)} "
+                               f"| {r['noc85']:.2f} | {r['noc90']:.2f} | {r['iou_1_click']:.3f} | "
+                               f"{r['iou_5_clicks']:.3f} |")
+            out += ["", f"Command: `{next(iter(compare.values())).get('command', it['command'])}`."]
+            out += [""] + [f"- {label}: {describe_model(cmp, it.get('weights'))}" for label, cmp in compare.items()]
+            out += interactive_decision(it, compare, load("interactive_validation.json"))
+        val = load("interactive_validation.json")
+        if val:
+            out += ["", "Validation objects (never the test objects; `bench/interactive_validate.py`), where inference "
+                        "settings and models are chosen:", "",
+                    "| model | set | objects | NoC@85 | NoC@90 | IoU 1 click | IoU 5 clicks | clicks that lowered IoU |",
+                    "|---|---|---|---|---|---|---|---|"]
+            for folder, per_set in val["results"].items():
+                for name, r in per_set.items():
+                    out.append(f"| `{folder.replace(str(ROOT) + '/', '')}` | {name.replace('_', ' ')} | "
+                               f"{r['n_objects']} | {r['noc85']:.2f} | {r['noc90']:.2f} | {r['iou_1_click']:.3f} | "
+                               f"{r['iou_5_clicks']:.3f} | {r['drop_frac']:.0%} |")
+            out += ["", f"Command: `{val['command']}`" + (f" (settings {val['settings']})" if val['settings'] else "")
+                    + "."]
+        cv = load("interactive_radiomics_cv.json")
+        if cv and "radiomics_lesions" in cv.get("network", {}):
+            r, g = cv["network"]["radiomics_lesions"], cv["grabcut"]["radiomics_lesions"]
+            folds = "; ".join(f"{case}: `{f['folder']}` trained on {', '.join(f['trained_on'])}"
+                              for case, f in cv.get("radiomics_folds", {}).items())
+            ctrl = (compare.get("stage_seed1") or {}).get("results", {}).get("radiomics_lesions")
+            out += ["", "Real lesions in training, leave one case out: each radiomics case segmented by a model that "
+                        f"never trained on it ({folds}). Radiomics lesions: NoC@85 {r['noc85']:.2f}, NoC@90 "
+                        f"{r['noc90']:.2f}, IoU 1 click {r['iou_1_click']:.3f}, IoU 5 clicks {r['iou_5_clicks']:.3f}"
+                        + (f"; the same stage without lesions (`stage_seed1`): {ctrl['noc85']:.2f}, "
+                           f"{ctrl['noc90']:.2f}, {ctrl['iou_1_click']:.3f}, {ctrl['iou_5_clicks']:.3f}" if ctrl else "")
+                        + f"; GrabCut in the same run {g['noc85']:.2f} / {g['noc90']:.2f}. Command: `{cv['command']}`."]
         trial = load("interactive_stage2_trial.json")
         if trial:
-            out += ["", f"Tried and not adopted: {trial['note']}. Train: `{trial['train_command']}` "
+            out += ["", f"Tried earlier and not adopted: {trial['note']}. Train: `{trial['train_command']}` "
                         f"({trial['train_seconds']:.0f} s).", "",
                     "| objects | model | NoC@85 | NoC@90 | IoU 1 click | IoU 5 clicks |", "|---|---|---|---|---|---|"]
             for part in ("validation", "test"):
@@ -206,10 +285,12 @@ def main():
                         f"`{trial['test_command']}`."]
         out += ["", f"Time per click, `segment()` on {t['image']}: first click {t['network']['first_click_ms_median']} "
                 f"ms, second click {t['network']['second_click_ms_median']} ms (median of {t['repeats']}; network "
-                f"forward alone {t['network_forward_only_ms_median']} ms); GrabCut "
+                f"forward alone, a batch of {t.get('network_forward_batch', 1)}: "
+                f"{t['network_forward_only_ms_median']} ms); GrabCut "
                 f"{t['grabcut']['first_click_ms_median']} ms. Target ≤ 60 ms.", "",
                 "Targets: " + "; ".join(f"{k}: {'met' if v else '**missed**'}" for k, v in it["targets"].items())
-                + f". Command: `{it['command']}`.", ""]
+                + f". Commands: `{it['command']}`"
+                + (f", then `{it['timing_command']}`" if it.get("timing_command") else "") + ".", ""]
     app, before = load("app.json"), load("app_before.json")
     if app:
         rows = [("first load, fresh server (cold, one try)", "first_load_cold_s", None),

@@ -187,12 +187,15 @@ def _cmd_train_interactive(args) -> int:
 
     overrides = {k: v for k, v in (("click_radius", args.click_radius), ("min_side", args.min_side),
                                    ("max_expansions", args.max_expansions)) if v is not None}
-    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
-                             max_sim_rounds=args.sim_rounds, init=args.init, large_synth_scenes=args.large_synth,
-                             large_phantoms=args.large_phantoms, boundary_weight=args.boundary_weight,
-                             config_overrides=overrides)
-    if args.source_weights:
-        settings.source_weights = json.loads(args.source_weights)
+    extra = {"source_weights": json.loads(args.source_weights)} if args.source_weights else {}
+    try:
+        settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, seed=args.seed,
+                                 max_sim_rounds=args.sim_rounds, init=args.init, large_synth_scenes=args.large_synth,
+                                 large_phantoms=args.large_phantoms, boundary_weight=args.boundary_weight,
+                                 radiomics_cases=tuple(c for c in (args.radiomics_cases or "").split(",") if c),
+                                 config_overrides=overrides, **extra)
+    except ValueError as exc:
+        raise SystemExit(f"train-interactive: {exc}") from None
     model = train_interactive(args.out, settings, shared_data=args.shared_data)
     write_card(args.out, model.config)
     print(json.dumps({k: v for k, v in model.config.training.items() if k != "history"}, indent=1))
@@ -414,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--large-synth", type=int, default=0, help="synthetic scenes upsampled 2x (large objects)")
     p.add_argument("--large-phantoms", type=int, default=0, help="phantoms generated at 512x512 (large lesions)")
     p.add_argument("--boundary-weight", type=float, default=0.0, help="extra BCE weight near object borders")
+    p.add_argument("--radiomics-cases", default=None,
+                   help="real lesion cases to train on, e.g. brain1,lung1 (the rest stay held out); source "
+                        "'radiomics', which --source-weights must weigh")
     p.add_argument("--source-weights", default=None, help='JSON, e.g. {"synth": 0.3, "stardist": 0.3, ...}')
     p.add_argument("--click-radius", type=float, default=None, help="click disk radius, network px (new encoding)")
     p.add_argument("--min-side", type=float, default=None, help="one-click window side, image px")

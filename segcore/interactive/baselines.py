@@ -97,6 +97,7 @@ def _grabcut_window(img, window: Window, clicks, box, previous, iterations, seed
     if not (mask == cv2.GC_BGD).any() and not (mask == cv2.GC_PR_BGD).any():
         return np.ones((h, w), bool), (r0, c0, r1, c1)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut seeds its colour models by k-means on OpenCV's global RNG: fix it (deterministic)
     try:
         cv2.grabCut(bgr, mask, None, bgd, fgd, iterations, cv2.GC_INIT_WITH_MASK)
     except cv2.error:  # a class without samples (e.g. a window filled by definite foreground)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .data import RADIOMICS_CASES, trained_cases
 from .model import InteractiveConfig
 
 __all__ = ["write_card", "render_card"]
@@ -27,18 +28,26 @@ def render_card(config: InteractiveConfig, results: dict | None = None) -> str:
         f"{config.max_expansions} times) when the object reaches its edge or the window framing it would be more "
         f"than {1 + config.reframe:g}x larger. A click whose pixel ends on the wrong side of the threshold "
         f"({config.threshold:g}) moves it, within {config.click_snap_radius:g} image px, to the click's own "
-        "probability, so every click takes effect. Weights: `model.keras` (Keras 3, loads with `safe_mode=True`); "
-        "settings: `config.json`.", "",
+        "probability, so every click takes effect. "
+        + ("The window's probabilities are the mean over its 4 flips (one batched call of 4); the unflipped pass "
+           "alone decides whether the window grows. " if config.flip_average else "")
+        + "Weights: `model.keras` (Keras 3, loads with `safe_mode=True`); settings: `config.json`.", "",
         "## Training data and split", "",
-        f"Trained from scratch, seed {st.get('seed', 0)}, by `python -m segcore train-interactive` "
+        f"Trained {'further' if tr.get('parent') else 'from scratch'}, seed {st.get('seed', 0)}, by "
+        f"`python -m segcore train-interactive` "
         f"({st.get('steps', '?')} steps of {st.get('batch_size', '?')} prompts, Adam {st.get('learning_rate', '?')} "
         f"with cosine decay, BCE + soft Dice) on the CPU in {tr.get('seconds', '?')} s. Objects in the pool: "
         f"{json.dumps(tr.get('pool', {}))}.", "",
         *([f"This is a second stage: it continues from the model trained by `python -m segcore train-interactive` "
            f"(defaults: {tr['parent']['settings']['steps']} steps, seed {tr['parent']['settings']['seed']}, "
-           f"{tr['parent']['seconds']} s), with up to {st.get('max_sim_rounds')} simulator rounds per batch: "
-           f"`python -m segcore train-interactive --init sample_data/models/interactive --steps {st.get('steps')} "
-           f"--lr {st.get('learning_rate')} --seed {st.get('seed')} --sim-rounds {st.get('max_sim_rounds')}`.", ""]
+           f"{tr['parent']['seconds']} s; PARENT below: that model's folder, in git history before this stage), "
+           f"with up to "
+           f"{st.get('max_sim_rounds')} simulator rounds per batch and a pool drawn with seed {st.get('seed')}: "
+           f"`python -m segcore train-interactive --init PARENT --steps {st.get('steps')} "
+           f"--lr {st.get('learning_rate')} --seed {st.get('seed')} --sim-rounds {st.get('max_sim_rounds')} "
+           f"--source-weights '{json.dumps(st.get('source_weights'))}'"
+           + (f" --radiomics-cases {','.join(st['radiomics_cases'])}" if st.get("radiomics_cases") else "")
+           + "`.", ""]
           if tr.get("parent") else []),
         "- `synth`: seeded synthetic scenes (`segcore.interactive.synth.make_scene`): star blobs, ellipses, lobulated "
         "and polygonal shapes, thick curves, 3-45 px radius, flat/noisy/rim/centre textures, either polarity, "
@@ -49,8 +58,7 @@ def render_card(config: InteractiveConfig, results: dict | None = None) -> str:
         "- `stardist`: the stardist 0.9.2 demo stack (BSD-3-Clause, Uwe Schmidt, Martin Weigert), sub-volume "
         "x < 28 only (z-slices, y-z and x-z planes). The 21 nuclei lying entirely at x >= 28 are held out: no "
         "pixel of them is in the training sub-volume; their z cross-sections (>= 30 px) are the nuclei test set.",
-        "- Not used for training: the pyradiomics 3.1.0 test cases (brain1 MR, breast1 MR, lung1 CT; "
-        "BSD-3-Clause, Harvard Medical School) are entirely held out as the real-lesion test set.", "",
+        _radiomics_line(trained_cases(config)), "",
         "Training prompts mimic `segment()`: first click at the interior-most point or a random interior point, "
         "one-click / expanded / object-framed windows, 25 % box prompts, then 0-3 rounds of the standard click "
         "simulator with the network's own prediction fed back as the previous mask.", "",
@@ -73,9 +81,20 @@ def render_card(config: InteractiveConfig, results: dict | None = None) -> str:
         if t:
             lines += ["", f"Time per click on {t['image']}: {t['network']['first_click_ms_median']} ms (first "
                       f"click), {t['network']['second_click_ms_median']} ms (second click), median on "
-                      f"{results.get('machine', 'this machine')}. Command: `{results['command']}`."]
+                      f"{results.get('machine', 'this machine')}. Commands: `{results['command']}`"
+                      + (f", then `{results['timing_command']}`" if results.get("timing_command") else "") + "."]
         lines.append("")
     return "\n".join(lines)
+
+
+def _radiomics_line(cases: set[str]) -> str:
+    origin = "the pyradiomics 3.1.0 test cases (brain1 MR, breast1 MR, lung1 CT; BSD-3-Clause, Harvard Medical School)"
+    if not cases:
+        return f"- Not used for training: {origin} are entirely held out as the real-lesion test set."
+    held = [c for c in RADIOMICS_CASES if c not in cases]
+    return (f"- `radiomics`: the lesion slices of {', '.join(sorted(cases))}, from {origin}. Held out: "
+            f"{', '.join(held) if held else 'none'}; this model's figures on a case it trained on are not held-out "
+            "figures (bench/interactive.py scores each case with a model that never saw it).")
 
 
 def write_card(directory: str | Path, config: InteractiveConfig, results: dict | None = None) -> Path:

@@ -6,8 +6,10 @@
   ``x < STARDIST_SPLIT_X`` (z-slices, y-z and x-z planes), which holds no pixel of a
   test nucleus. Test objects are the per-z-slice cross-sections of test nuclei of at
   least ``min_area`` pixels, segmented in the full slice.
-* radiomics lesions (brain1 MR, breast1 MR, lung1 CT): never used for training;
-  every connected lesion component of every labelled axial slice is a test object.
+* radiomics lesions (brain1 MR, breast1 MR, lung1 CT): every connected lesion component
+  of every labelled axial slice is a test object. The shipped model never trained on
+  them; a model that did (``radiomics_cases``) is scored on each case by a model that
+  never saw that case (:func:`held_out_models`, leave one case out).
 * phantom lesions: connected lesion components (label 2) of ``sample_data/phantom/test``
   (seeds disjoint from the phantoms generated for training).
 
@@ -25,6 +27,7 @@ a boolean ``H,W`` mask and a small dict saying where it came from.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -77,19 +80,76 @@ def _nucleus_sections(img: np.ndarray, ids: np.ndarray, nuclei, min_area: int, s
     return out
 
 
-def radiomics_objects(root: str | Path, *, min_area: int = 10):
-    """Every lesion component of every labelled axial slice of brain1, breast1 and lung1."""
+RADIOMICS_CASES = ("brain1", "breast1", "lung1")
+
+
+def radiomics_objects(root: str | Path, *, min_area: int = 10, cases: Sequence[str] = RADIOMICS_CASES):
+    """Every lesion component of every labelled axial slice of the ``cases`` (default brain1, breast1 and lung1)."""
     import nrrd
 
+    unknown = sorted(set(cases) - set(RADIOMICS_CASES))
+    if unknown:
+        raise ValueError(f"Unknown radiomics case(s) {unknown}: the cases are {', '.join(RADIOMICS_CASES)}.")
     root = Path(root)
     out = []
-    for case in ("brain1", "breast1", "lung1"):
+    for case in (c for c in RADIOMICS_CASES if c in cases):
         arr, _ = nrrd.read(str(root / f"{case}_image.nrrd"))
         lab, _ = nrrd.read(str(root / f"{case}_label.nrrd"))
         for z in np.flatnonzero((lab > 0).any((0, 1))):
             image = np.ascontiguousarray(arr[:, :, z].T).astype(np.float32)  # rows = y, cols = x
             for k, m in enumerate(components(np.ascontiguousarray(lab[:, :, z].T) > 0, min_area)):
                 out.append((image, m, {"source": case, "z": int(z), "component": k, "area": int(m.sum())}))
+    return out
+
+
+def trained_cases(config) -> set[str]:
+    """The radiomics cases a click model (an :class:`~segcore.interactive.InteractiveConfig`) trained on,
+    through every stage it continued from (``training["parent"]``).
+
+    >>> from segcore.interactive import InteractiveConfig
+    >>> cfg = InteractiveConfig(training={"settings": {"radiomics_cases": []},
+    ...                                   "parent": {"settings": {"radiomics_cases": ["lung1"]}}})
+    >>> sorted(trained_cases(cfg))
+    ['lung1']
+    """
+    tr, out = config.training or {}, set()
+    while tr:
+        out |= set((tr.get("settings") or {}).get("radiomics_cases") or ())
+        tr = tr.get("parent") or {}
+    return out
+
+
+def held_out_models(model, folds_dir: str | Path | None, *, inference: Sequence[str] = ()) -> dict:
+    """``{case: model}``: for every radiomics case, a click model that never trained on it.
+
+    ``model`` itself when it trained on no case; otherwise the leave-one-case-out models
+    ``folds_dir/fold_<case>`` (``python -m segcore train-interactive --radiomics-cases ...``), each checked against
+    its own training record, with the ``inference`` settings (config field names) copied from ``model``.
+
+    Raises
+    ------
+    ValueError
+        ``model`` trained on a case and no ``folds_dir`` was given, or a fold trained on the case it would score.
+    FileNotFoundError
+        A fold folder is missing.
+    """
+    import dataclasses
+
+    from .model import ClickModel
+
+    seen = trained_cases(model.config)
+    if not seen:
+        return {case: model for case in RADIOMICS_CASES}
+    if not folds_dir:
+        raise ValueError(f"The model trained on the radiomics cases {sorted(seen)}, so its radiomics results would "
+                         "not be held out: give the folder of the leave-one-case-out models fold_<case>.")
+    out = {}
+    for case in RADIOMICS_CASES:
+        fold = ClickModel.load(Path(folds_dir) / f"fold_{case}")
+        if case in trained_cases(fold.config):
+            raise ValueError(f"{Path(folds_dir) / f'fold_{case}'} trained on {case}: it cannot score {case}.")
+        fold.config = dataclasses.replace(fold.config, **{k: getattr(model.config, k) for k in inference})
+        out[case] = fold
     return out
 
 

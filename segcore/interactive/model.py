@@ -44,7 +44,9 @@ class InteractiveConfig:
     ended on the wrong side moves the threshold to its own probability within this many
     image pixels (0: off); ``reframe``: re-predict in the window framing the predicted
     object when that window is more than ``1 + reframe`` times larger (an object that
-    fills the one-click window; 0: only when it touches the window's edge).
+    fills the one-click window; 0: only when it touches the window's edge);
+    ``flip_average``: cut the mask from the mean probabilities over the window's 4 flips
+    (one batched call of 4; the unflipped pass alone decides re-framing).
     """
 
     net_size: int = 128
@@ -59,6 +61,7 @@ class InteractiveConfig:
     click_force_radius: float = 0.0
     click_snap_radius: float = 12.0
     reframe: float = 0.2
+    flip_average: bool = False
     filters: tuple[int, ...] = (16, 32, 64, 128)
     version: str = "v1"
     metrics: dict = dataclasses.field(default_factory=dict)

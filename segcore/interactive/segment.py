@@ -9,12 +9,13 @@ the last call for the same object. The result is a new boolean ``H,W`` mask
 (empty when the network finds nothing); inputs are never mutated.
 
 Sequence: frame the prompt in a window (:func:`~segcore.interactive.geometry.window_for_prompt`),
-encode it (:func:`~segcore.interactive.encode.encode`), predict, and paste the
-probabilities back. When the predicted object reaches the window's edge inside the
-image, or the window that would frame it with its context margin is more than
-``1 + reframe`` times larger (an object that fills the one-click window), the window
-grows (at least 1.5x) and the prediction is repeated, at most ``max_expansions``
-times. With a box, the mask is clipped to the box. Every click then ends on its own
+encode it (:func:`~segcore.interactive.encode.encode`), predict (with ``flip_average``, the
+mean over the window's 4 flips), and paste the probabilities back. When the object predicted
+by the unflipped pass reaches the window's edge inside the image, or the window that would
+frame it with its context margin is more than ``1 + reframe`` times larger (an object that
+fills the one-click window), the window grows (at least 1.5x) and the prediction is
+repeated, at most ``max_expansions`` times. With a box, the mask is clipped to the box.
+Every click then ends on its own
 side: a click whose pixel the threshold put on the wrong side moves the threshold, within
 ``click_snap_radius`` pixels of it, to the click's own probability (the boundary moves
 along the network's probability contours to pass through the click). With positive
@@ -151,11 +152,24 @@ def _snap_clicks(mask, block, bounds, clicks, radius, threshold):
 
 
 def _predict_window(model: ClickModel, image, window: Window, clicks, box, previous):
+    """Probabilities in ``window`` pasted into the image: ``(block, bounds, plain)``.
+
+    ``block`` is what the mask is cut from: with ``flip_average``, the mean over the window's 4 flips (one
+    batched call). ``plain`` is the unflipped pass alone in network space (None without ``flip_average``, when
+    it is ``block``); it decides whether the window must grow: an object filling the window is ambiguous, the
+    flips may disagree on it, and their mean would hide that it is truncated.
+    """
     cfg = model.config
     x = encode(image, window, clicks, box=box, previous=previous, click_radius=cfg.click_radius,
                percentiles=cfg.percentiles)
-    prob = model.predict(x)[0]
-    return paste(prob, window, image.shape)
+    plain = None
+    if cfg.flip_average:
+        p = model.predict(np.stack([x, x[::-1], x[:, ::-1], x[::-1, ::-1]]))
+        prob, plain = (p[0] + p[1][::-1] + p[2][:, ::-1] + p[3][::-1, ::-1]) / 4.0, p[0]
+    else:
+        prob = model.predict(x)[0]
+    block, bounds = paste(prob, window, image.shape)
+    return block, bounds, plain
 
 
 def segment(
@@ -198,9 +212,9 @@ def segment(
     points = [(r, c) for r, c, _ in clicks]
     window = window_for_prompt(img.shape, points, box=box, previous=previous, size=cfg.net_size,
                                min_side=cfg.min_side, margin=cfg.margin)
-    block, bounds = _predict_window(model, img, window, clicks, box, previous)
+    block, bounds, plain = _predict_window(model, img, window, clicks, box, previous)
     for _ in range(cfg.max_expansions if box is None else 0):
-        fg = block >= cfg.threshold
+        fg = (block if plain is None else paste(plain, window, img.shape)[0]) >= cfg.threshold
         touches = _touches_inner_edge(fg, bounds, img.shape)
         if window.side >= 2 * max(img.shape) or not (touches or cfg.reframe > 0):
             break
@@ -213,7 +227,7 @@ def segment(
             break  # the object lies inside the window with its context margin
         side = max(grown.side, 1.5 * window.side)  # a truncated object is larger than it looks: grow fast
         window = Window(grown.center_r, grown.center_c, min(side, 2.0 * max(img.shape)), cfg.net_size)
-        block, bounds = _predict_window(model, img, window, clicks, box, previous)
+        block, bounds, plain = _predict_window(model, img, window, clicks, box, previous)
     out = previous.copy() if previous is not None else np.zeros(img.shape, bool)
     r0, c0, r1, c1 = bounds
     out[r0:r1, c0:c1] = block >= cfg.threshold

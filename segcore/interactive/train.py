@@ -53,7 +53,23 @@ class TrainSettings:
     large_synth_scenes: int = 0  # synthetic scenes upsampled 2x (objects up to ~90 px radius)
     large_phantoms: int = 0  # phantoms generated at 512x512 (lesions and organ twice as large)
     boundary_weight: float = 0.0  # extra BCE weight on the pixels within 2 network px of the object's border
+    radiomics_cases: tuple[str, ...] = ()  # real lesion cases trained on (the others stay held out), source "radiomics"
     config_overrides: dict = dataclasses.field(default_factory=dict)  # InteractiveConfig fields to change
+
+    def __post_init__(self) -> None:
+        from .data import RADIOMICS_CASES
+
+        if isinstance(self.radiomics_cases, str):
+            raise ValueError(f"radiomics_cases must be a sequence of case names, e.g. ('brain1', 'lung1'). Got the "
+                             f"string {self.radiomics_cases!r}.")
+        self.radiomics_cases = tuple(self.radiomics_cases)
+        unknown = sorted(set(self.radiomics_cases) - set(RADIOMICS_CASES))
+        if unknown:
+            raise ValueError(f"Unknown radiomics case(s) {unknown}: the cases are {', '.join(RADIOMICS_CASES)}.")
+        if self.radiomics_cases and not self.source_weights.get("radiomics"):
+            raise ValueError("radiomics_cases adds the source 'radiomics' to the pool, but source_weights gives it no "
+                             f"weight ({self.source_weights}), so it would never be sampled: add e.g. "
+                             '"radiomics": 0.2.')
 
 
 def _objects_from_ids(image, ids, source, min_area=12):
@@ -74,7 +90,7 @@ def build_pool(settings: TrainSettings, shared_data: str | Path | None) -> dict[
     from .synth import make_scene
 
     pool: dict[str, list] = {"synth": [], "phantom": [], "instances": [], "stardist": [], "synth_large": [],
-                             "phantom_large": []}
+                             "phantom_large": [], "radiomics": []}
     for i in range(settings.synth_scenes):
         img, ids = make_scene(5_000_000 + settings.seed * 100_000 + i)
         pool["synth"] += [(o[0], o[1]) for o in _objects_from_ids(img, ids, "synth")]
@@ -103,6 +119,14 @@ def build_pool(settings: TrainSettings, shared_data: str | Path | None) -> dict[
         planes, _ = stardist_split(Path(shared_data) / "stardist")
         for img, ids in planes:
             pool["stardist"] += [(o[0], o[1]) for o in _objects_from_ids(img, ids, "stardist", min_area=15)]
+    if settings.radiomics_cases:
+        from .data import radiomics_objects
+
+        if shared_data is None or not (Path(shared_data) / "radiomics").is_dir():
+            raise FileNotFoundError(f"radiomics_cases {settings.radiomics_cases} need the radiomics folder in "
+                                    f"shared_data (got {shared_data}).")
+        pool["radiomics"] = [(img, m) for img, m, meta in radiomics_objects(Path(shared_data) / "radiomics",
+                                                                            cases=settings.radiomics_cases)]
     return {k: v for k, v in pool.items() if v}
 
 
