@@ -143,8 +143,7 @@ promoted = st.session_state.pop("sc_promoted", None)
 if promoted:
     st.success(f"{promoted} is now the active model.")
 versions = ws.versions()
-candidates = [v for v in reversed(list(versions)) if v != ws.active_version() and "held_out" in
-              (versions[v].get("metrics") or {})]
+candidates = ws.candidates()
 if candidates:
     st.subheader("Candidate vs active")
     default = st.session_state.get("sc_candidate")

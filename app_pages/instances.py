@@ -148,10 +148,7 @@ else:
         else:
             st.rerun()  # the queue below starts refreshing
     widgets.job_queue(jobs, who, "instances", candidate_key="sc_ic_candidate")
-    # candidates: fine-tuned from the active version (a job may have finished while nobody watched)
-    versions = iws.versions()
-    cands = sorted((v for v, i in versions.items() if v != version and i.get("parent") == version
-                    and "ap50_after" in i), key=lambda v: versions[v].get("created_at", ""), reverse=True)
+    versions, cands = iws.versions(), iws.candidates()
     last = st.session_state.get("sc_ic_candidate")
     cand = st.selectbox("Candidate", cands, index=cands.index(last) if last in cands else 0, key="sc_ic_cand_pick",
                         format_func=lambda v: f"{v} · by {versions[v].get('created_by', '?')} · "

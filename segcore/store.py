@@ -339,6 +339,13 @@ class Workspace:
     def active_version(self) -> str | None:
         return self._registry()["active"]
 
+    def candidates(self) -> list[str]:
+        """Versions the promotion gate can compare with the active one: inactive, evaluated on a held-out set;
+        newest first (one registry read)."""
+        reg = self._registry()
+        return [v for v in reversed(list(reg["versions"])) if v != reg["active"]
+                and "held_out" in (reg["versions"][v].get("metrics") or {})]
+
     def rollback_order(self) -> list[str]:
         """Versions other than the active one: those active before first (most recent first), then the rest."""
         reg = self._registry()
@@ -577,6 +584,14 @@ class InstanceWorkspace:
 
     def active_version(self) -> str:
         return self._registry()["active"]
+
+    def candidates(self) -> list[str]:
+        """Versions :meth:`promote` can take: fine-tuned from the active one, with held-out AP50 before/after;
+        newest first (a job may have finished while nobody watched; one registry read)."""
+        reg = self._registry()
+        found = [v for v, i in reg["versions"].items() if v != reg["active"] and i.get("parent") == reg["active"]
+                 and "ap50_after" in i]
+        return sorted(found, key=lambda v: reg["versions"][v].get("created_at", ""), reverse=True)
 
     def model_dir(self, version: str | None = None) -> Path:
         reg = self._registry()

@@ -558,3 +558,6 @@ def test_instance_fine_tune_runs_as_a_job_with_cancel_and_an_inactive_version(ro
     cut = next(i for i, line in enumerate(lines) if "cancel requested" in line)
     assert len([line for line in lines[cut:] if " progress " in line]) <= 1
     assert sorted(iws.versions()) == sorted(["shipped", v])  # the cancelled job added nothing
+    assert iws.candidates() == [v]  # fine-tuned from the active version, with held-out AP50
+    iws.activate(v, actor="ann")
+    assert iws.candidates() == []  # the shipped version has no parent and no AP50: not a candidate of v

@@ -102,12 +102,14 @@ def test_model_versions_promote_and_rollback(tmp_path, root):
     v2 = ws.add_version(_tiny(), ModelConfig(), metrics=_metrics(0.8, 0.9), trained_on=["c1"], parent="v1", actor="Dr A")
     v3 = ws.add_version(_tiny(), ModelConfig(), metrics=_metrics(0.897, 0.9), trained_on=["c1"], parent="v1", actor="Dr A")
     assert (v2, v3) == ("v2", "v3") and ws.active_version() == "v1"
+    assert ws.candidates() == ["v3", "v2"]  # inactive, with held-out metrics, newest first (not the shipped v1)
     with pytest.raises(ValueError, match="Refusing to promote v2: held-out mean Dice 0.8000"):
         ws.promote("v2", actor="Dr A")  # the gate reads the metrics stored with the version
     assert ws.active_version() == "v1"
     assert ws.gate("v3").passed
     ws.promote("v3", actor="Dr A")  # within the 0.005 tolerance
     assert ws.active_version() == "v3"
+    assert ws.candidates() == ["v2"]
     # v2 was evaluated against v1, which is no longer active: it must be evaluated again
     with pytest.raises(ValueError, match="evaluated against v1, but v3 is active now"):
         ws.promote("v2", actor="Dr A")

@@ -83,13 +83,32 @@ def _nucleus_sections(img: np.ndarray, ids: np.ndarray, nuclei, min_area: int, s
 RADIOMICS_CASES = ("brain1", "breast1", "lung1")
 
 
+def check_radiomics_cases(cases: Sequence[str]) -> tuple[str, ...]:
+    """``cases`` as a tuple, each one of :data:`RADIOMICS_CASES`.
+
+    >>> check_radiomics_cases(["lung1"])
+    ('lung1',)
+
+    Raises
+    ------
+    ValueError
+        A single string instead of a sequence of names, or an unknown case.
+    """
+    if isinstance(cases, str):
+        raise ValueError(f"radiomics cases must be a sequence of case names, e.g. ('brain1', 'lung1'). Got the "
+                         f"string {cases!r}.")
+    cases = tuple(cases)
+    unknown = sorted(set(cases) - set(RADIOMICS_CASES))
+    if unknown:
+        raise ValueError(f"Unknown radiomics case(s) {unknown}: the cases are {', '.join(RADIOMICS_CASES)}.")
+    return cases
+
+
 def radiomics_objects(root: str | Path, *, min_area: int = 10, cases: Sequence[str] = RADIOMICS_CASES):
     """Every lesion component of every labelled axial slice of the ``cases`` (default brain1, breast1 and lung1)."""
     import nrrd
 
-    unknown = sorted(set(cases) - set(RADIOMICS_CASES))
-    if unknown:
-        raise ValueError(f"Unknown radiomics case(s) {unknown}: the cases are {', '.join(RADIOMICS_CASES)}.")
+    cases = check_radiomics_cases(cases)
     root = Path(root)
     out = []
     for case in (c for c in RADIOMICS_CASES if c in cases):

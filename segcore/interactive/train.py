@@ -57,15 +57,9 @@ class TrainSettings:
     config_overrides: dict = dataclasses.field(default_factory=dict)  # InteractiveConfig fields to change
 
     def __post_init__(self) -> None:
-        from .data import RADIOMICS_CASES
+        from .data import check_radiomics_cases
 
-        if isinstance(self.radiomics_cases, str):
-            raise ValueError(f"radiomics_cases must be a sequence of case names, e.g. ('brain1', 'lung1'). Got the "
-                             f"string {self.radiomics_cases!r}.")
-        self.radiomics_cases = tuple(self.radiomics_cases)
-        unknown = sorted(set(self.radiomics_cases) - set(RADIOMICS_CASES))
-        if unknown:
-            raise ValueError(f"Unknown radiomics case(s) {unknown}: the cases are {', '.join(RADIOMICS_CASES)}.")
+        self.radiomics_cases = check_radiomics_cases(self.radiomics_cases)
         if self.radiomics_cases and not self.source_weights.get("radiomics"):
             raise ValueError("radiomics_cases adds the source 'radiomics' to the pool, but source_weights gives it no "
                              f"weight ({self.source_weights}), so it would never be sampled: add e.g. "
